@@ -1,0 +1,294 @@
+"""The ``feedback-loop`` command line. Settings are read here, once, and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pydantic import ValidationError
+
+from feedback_loop.errors import ConfigurationError, FeedbackLoopError
+from feedback_loop.settings import Settings
+
+EPILOG_SETTINGS = """\
+Settings come from FEEDBACK_LOOP_* environment variables (FEEDBACK_LOOP_KAFKA_BOOTSTRAP,
+FEEDBACK_LOOP_REDIS_URL, FEEDBACK_LOOP_PARTITIONS, ...); flags override them. With no Kafka and
+no Redis configured, `up` and `demo` start embedded ones on free loopback ports."""
+
+
+def say(message: str) -> None:
+    """Progress and status lines go to stderr; results to stdout."""
+    print(f"feedback-loop: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- argument parsing
+def _common(p: argparse.ArgumentParser, *, servers: bool = True) -> None:
+    g = p.add_argument_group("deployment")
+    if servers:
+        g.add_argument("--kafka", dest="kafka_bootstrap", metavar="HOST:PORT",
+                       help="Kafka bootstrap address (env FEEDBACK_LOOP_KAFKA_BOOTSTRAP)")
+        g.add_argument("--redis", dest="redis_url", metavar="URL",
+                       help="Redis URL, e.g. redis://localhost:6379/0 (env FEEDBACK_LOOP_REDIS_URL)")
+    g.add_argument("--topic-prefix", help="prefix of every topic name (env FEEDBACK_LOOP_TOPIC_PREFIX)")
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log level of the worker (default warning)")
+
+
+def _local(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("embedded servers (used when no Kafka/Redis is configured)")
+    g.add_argument("--kafka-port", type=int, default=0, help="port of the embedded broker (default: a free one)")
+    g.add_argument("--redis-port", type=int, default=0, help="port of the embedded Redis (default: a free one)")
+    g.add_argument("--partitions", type=int, help="partitions of each created topic (default 8)")
+    g.add_argument("--data-dir", type=Path, help="where embedded Redis persists and logs go (default ./.feedback-loop/)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feedback-loop",
+        description="Close the loop around ML models in production: join predictions with late "
+                    "labels and reviewer verdicts into outcomes, and serve live accuracy.",
+        epilog=EPILOG_SETTINGS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("up", help="embedded broker + Redis + worker + web, until Ctrl-C",
+                       description="Start everything on this machine and keep it running until Ctrl-C "
+                                   "or SIGTERM. Prints 'kafka: HOST:PORT', 'redis: URL' and 'web: URL' "
+                                   "once everything answers.",
+                       epilog="example: feedback-loop up --web-port 8080 --partitions 4\n\n" + EPILOG_SETTINGS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    _local(p)
+    p.add_argument("--web-port", type=int, default=8080, help="HTTP port (default 8080; 0 picks a free one)")
+    p.add_argument("--web-host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    p = sub.add_parser("worker", help="one Faust worker against the configured Kafka and Redis",
+                       description="Run one stream worker (join, metrics) against FEEDBACK_LOOP_KAFKA_BOOTSTRAP "
+                                   "and FEEDBACK_LOOP_REDIS_URL. Start as many as there are partitions "
+                                   "to scale out; stop with SIGTERM or Ctrl-C.",
+                       epilog=EPILOG_SETTINGS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--partitions", type=int, help="partitions of topics this worker creates if missing (default 8)")
+
+    p = sub.add_parser("web", help="serve the HTTP API against the configured Kafka and Redis",
+                       description="Serve /healthz, /metrics and /api/models for a running deployment.",
+                       epilog=EPILOG_SETTINGS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--web-port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--web-host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+
+    p = sub.add_parser("replay", help="publish predictions and labels from a CSV or JSONL file",
+                       description="Publish a file of predictions (and labels) with kafka-python. "
+                                   "CSV columns: prediction (required), prediction_id, model, model_version, "
+                                   "timestamp, label, confidence, score_<class>, tag_<name>; any other column "
+                                   "is a feature. JSONL lines: PredictionEvent fields plus optional label "
+                                   "and label_timestamp.",
+                       epilog="example: feedback-loop replay preds.csv --kafka localhost:9092 "
+                              "--model churn --label-delay 100\n\n" + EPILOG_SETTINGS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", type=Path, help="a .csv or .jsonl file")
+    _common(p)
+    p.add_argument("--model", help="model name where the file has none (default: the file's name)")
+    p.add_argument("--model-version", default="1", help="model version where the file has none (default 1)")
+    p.add_argument("--id-prefix", help="prefix of generated prediction ids (default: the file's name)")
+    p.add_argument("--prediction-column", default="prediction", help="column of the predicted value")
+    p.add_argument("--label-column", default="label", help="column of the true label")
+    p.add_argument("--label-delay", type=int, default=0, help="publish each label this many rows late (default 0)")
+    p.add_argument("--interval-seconds", type=float, default=1.0,
+                   help="event-time step between rows without a timestamp (default 1)")
+    p.add_argument("--rate", type=float, default=0.0, help="messages per second (default: as fast as possible)")
+
+    p = sub.add_parser("schema", help="print the JSON Schemas of all events",
+                       description="Print the JSON Schema of every topic's values as one JSON object "
+                                   "keyed by topic, or of one topic with --topic.")
+    p.add_argument("--topic", help="only this topic (e.g. predictions)")
+
+    p = sub.add_parser("demo", help="the Elec2 stream through the live loop, on this machine",
+                       description="Start the embedded servers and a worker, replay the Elec2 electricity "
+                                   "stream (45,312 half-hours with real drift) with delayed labels through "
+                                   "the loop, show progress and print the live metrics at the end.",
+                       epilog=EPILOG_SETTINGS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    _local(p)
+    p.add_argument("--label-delay", type=int, default=48, help="rows (half-hours) before a label arrives (default 48)")
+    p.add_argument("--pretrain", type=int, default=5000, help="rows the frozen model trains on (default 5000)")
+    p.add_argument("--limit", type=int, help="use only the first N rows")
+    return parser
+
+
+SETTING_FLAGS = ("kafka_bootstrap", "redis_url", "topic_prefix", "log_level", "partitions", "data_dir")
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        name = ".".join(map(str, first["loc"]))
+        raise ConfigurationError(
+            f"setting {name} (FEEDBACK_LOOP_{name.upper()} or --{name.replace('_', '-')}): {first['msg']}"
+        ) from None
+
+
+# ---------------------------------------------------------------------- commands
+class _Stop(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop()
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _local_stack(settings: Settings, args: argparse.Namespace, workers: int = 1) -> Any:
+    from feedback_loop.stack import LocalStack
+
+    return LocalStack(settings, env=dict(os.environ), workers=workers, kafka_port=args.kafka_port,
+                      redis_port=args.redis_port, say=say)
+
+
+def _supervised(settings: Settings, args: argparse.Namespace, body: Callable[[Any, Settings], None],
+                workers: int = 1) -> int:
+    """Run ``body(stack, resolved)`` with the stack up; stop everything however it ends."""
+    signal.signal(signal.SIGTERM, _raise_stop)
+    stack = _local_stack(settings, args, workers)
+    try:
+        resolved = stack.start()
+        body(stack, resolved)
+        return 0
+    except (KeyboardInterrupt, _Stop):
+        return 0
+    finally:
+        _ignore_signals()
+        say("stopping ...")
+        stack.stop()
+        say("stopped")
+
+
+async def _serve(stack: Any, settings: Settings, host: str, port: int) -> None:
+    from feedback_loop.web import start_web
+
+    runner, bound = await start_web(settings, host, port)
+    try:
+        print(f"kafka: {settings.kafka_bootstrap}", flush=True)
+        print(f"redis: {settings.redis_url}", flush=True)
+        print(f"web: http://{host}:{bound}", flush=True)
+        say("running; Ctrl-C to stop")
+        while True:
+            stack.check_workers()
+            await asyncio.sleep(0.5)
+    finally:
+        await runner.cleanup()
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    if not 0 <= args.web_port <= 65535:
+        raise ConfigurationError(f"--web-port must be between 0 and 65535, got {args.web_port}")
+    return _supervised(settings, args, lambda stack, resolved: asyncio.run(
+        _serve(stack, resolved, args.web_host, args.web_port)), workers=args.workers)
+
+
+def _require_servers(settings: Settings, command: str) -> None:
+    if not settings.kafka_bootstrap or not settings.redis_url:
+        missing = " and ".join(n for n, v in (("--kafka (FEEDBACK_LOOP_KAFKA_BOOTSTRAP)", settings.kafka_bootstrap),
+                                              ("--redis (FEEDBACK_LOOP_REDIS_URL)", settings.redis_url)) if not v)
+        raise ConfigurationError(
+            f"`{command}` needs {missing}; for everything on this machine run `feedback-loop up`")
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    _require_servers(settings, "worker")
+    from feedback_loop.kafka_admin import ensure_topics
+    from streams.worker import run_worker
+
+    assert settings.kafka_bootstrap
+    ensure_topics(settings.kafka_bootstrap, list(settings.topics), settings.partitions,
+                  settings.replication_factor)
+    run_worker(settings)
+    return 0
+
+
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    _require_servers(settings, "web")
+    from aiohttp import web
+
+    from feedback_loop.web import create_web_app
+
+    web.run_app(create_web_app(settings), host=args.web_host, port=args.web_port, print=None)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.kafka_bootstrap:
+        raise ConfigurationError("`replay` needs --kafka HOST:PORT (or FEEDBACK_LOOP_KAFKA_BOOTSTRAP); "
+                                 "`feedback-loop up` prints the address of a local one")
+    from feedback_loop.replay import ReplayOptions, events_from_rows, publish, read_file, schedule
+
+    stem = args.file.stem
+    opts = ReplayOptions(model=args.model or stem, model_version=args.model_version,
+                         id_prefix=args.id_prefix or stem, prediction_column=args.prediction_column,
+                         label_column=args.label_column, interval_seconds=args.interval_seconds)
+    events = list(events_from_rows(read_file(args.file), opts))  # validate everything before sending
+    say(f"{len(events):,} predictions, {sum(e.label is not None for e in events):,} labels validated")
+    stats = publish(settings.kafka_bootstrap, settings.topics, schedule(events, args.label_delay),
+                    rate=args.rate, progress=lambda s: say(
+                        f"sent {s.predictions:,}/{len(events):,} predictions, {s.labels:,} labels"))
+    print(json.dumps({"predictions": stats.predictions, "labels": stats.labels,
+                      "seconds": round(stats.seconds, 3)}))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
+    from feedback_loop.events import json_schemas
+
+    schemas = json_schemas()
+    if args.topic:
+        if args.topic not in schemas:
+            raise ConfigurationError(f"unknown topic {args.topic!r}; known: {', '.join(schemas)}")
+        schemas = schemas[args.topic]
+    print(json.dumps(schemas, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from feedback_loop.demo import run_demo
+
+    def body(stack: Any, resolved: Settings) -> None:
+        report = run_demo(resolved, say=say, pretrain=args.pretrain, label_delay=args.label_delay,
+                          limit=args.limit)
+        print("\nLive metrics of the loop (offline acc: the same accuracy computed directly):")
+        print(report["table"])
+        print(f"\nreport: {report['path']}")
+
+    return _supervised(settings, args, body)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "up": cmd_up, "worker": cmd_worker, "web": cmd_web, "replay": cmd_replay, "schema": cmd_schema,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        settings = None if args.command == "schema" else load_settings(args)
+        return COMMANDS[args.command](args, settings)
+    except FeedbackLoopError as exc:
+        print(f"feedback-loop: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,177 @@
+"""``feedback-loop demo``: Elec2 through the live loop, with delayed labels.
+
+Two producer models predict the stream from row ``pretrain`` on:
+
+* ``elec2-logreg``: River's scaled logistic regression trained on the first ``pretrain`` rows,
+  then frozen (it emits class scores, so log loss and Brier are live too);
+* ``elec2-no-change``: repeats the latest label it could know, the one published
+  ``label_delay`` rows earlier.
+
+Labels arrive ``label_delay`` rows (half-hours) after their prediction. The demo publishes, shows
+progress with live accuracy read back from the loop, waits until every label has become an
+outcome, prints the live metrics next to an offline computation of the same numbers, and writes
+them to ``<data-dir>/demo-report.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+from redis.asyncio import Redis
+from river import linear_model, preprocessing
+
+from feedback_loop import elec2
+from feedback_loop.errors import FeedbackLoopError
+from feedback_loop.events import LabelEvent, PredictionEvent
+from feedback_loop.replay import PublishStats, ReplayEvent, publish, schedule
+from feedback_loop.settings import Settings
+from online_models.baselines import Frozen
+
+WEEKDAYS = {1: "mon", 2: "tue", 3: "wed", 4: "thu", 5: "fri", 6: "sat", 7: "sun"}
+Say = Callable[[str], None]
+
+
+@dataclass
+class DemoPlan:
+    events: list[ReplayEvent]
+    expected: dict[str, dict[str, float]]  # model -> offline count / correct / accuracy
+
+
+def build_events(pretrain: int = 5000, label_delay: int = 48, limit: int | None = None) -> DemoPlan:
+    """Predictions and labels of both demo models, with the offline truth to compare with."""
+    data = list(elec2.rows())[: limit]
+    logreg = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    for x, y in data[:pretrain]:
+        logreg.learn_one(x, y == "UP")
+    frozen = Frozen(logreg)
+    events: list[ReplayEvent] = []
+    tally = {m: [0, 0] for m in ("elec2-logreg", "elec2-no-change")}
+    for i in range(pretrain, len(data)):
+        x, y = data[i]
+        ts = elec2.timestamp(i)
+        tags = {"weekday": WEEKDAYS[int(x["day"])]}
+        proba = frozen.predict_proba_one(x)
+        p_up = float(proba.get(True, 0.0))
+        known = data[i - label_delay - 1][1]
+        for model, version, pred, scores in (
+            ("elec2-logreg", f"frozen-{pretrain}", "UP" if p_up >= 0.5 else "DOWN",
+             {"UP": p_up, "DOWN": 1.0 - p_up}),
+            ("elec2-no-change", f"delay-{label_delay}", known, None),
+        ):
+            pid = f"{model}-{i:06d}"
+            events.append(ReplayEvent(
+                PredictionEvent(prediction_id=pid, model=model, model_version=version, timestamp=ts,
+                                features=x, prediction=pred, scores=scores, tags=tags),
+                LabelEvent(prediction_id=pid, label=y, timestamp=ts, source="elec2")))
+            tally[model][0] += 1
+            tally[model][1] += pred == y
+    expected = {m: {"count": n, "correct": c, "accuracy": c / n if n else 0.0}
+                for m, (n, c) in tally.items()}
+    return DemoPlan(events, expected)
+
+
+async def _snapshots(settings: Settings) -> list[dict[str, Any]]:
+    from streams.snapshots import read_snapshots
+
+    client = Redis.from_url(settings.redis_url or "")
+    try:
+        return await read_snapshots(client, settings)
+    finally:
+        await client.aclose()
+
+
+def live_models(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
+    """Whole-version snapshots by (model, window)."""
+    return {(s["model"], s["window"]): s for s in asyncio.run(_snapshots(settings)) if not s["segment"]}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _progress_line(settings: Settings, expected_total: int) -> str:
+    live = live_models(settings)
+    done = sum(s["count"] for (m, w), s in live.items() if w == "cumulative")
+    parts = [f"outcomes {done:,}/{expected_total:,}"]
+    for (model, window), s in sorted(live.items()):
+        if window == "rolling":
+            parts.append(f"{model} rolling acc {_fmt(s['accuracy'], 3)}")
+    return " | ".join(parts)
+
+
+def table(settings: Settings, expected: dict[str, dict[str, float]]) -> tuple[str, list[dict[str, Any]]]:
+    """The final table (text) and the rows behind it."""
+    live = live_models(settings)
+    cols = ("model", "window", "count", "accuracy", "offline acc", "f1_macro", "log_loss", "brier",
+            "coverage", "delay p50 h", "delay p95 h")
+    rows: list[dict[str, Any]] = []
+    lines = []
+    for (model, window), s in sorted(live.items()):
+        exp = expected.get(model, {})
+        row = {"model": model, "window": window, "count": s["count"], "accuracy": s["accuracy"],
+               "offline acc": exp.get("accuracy") if window == "cumulative" else None,
+               "f1_macro": s["f1_macro"], "log_loss": s["log_loss"], "brier": s["brier"],
+               "coverage": s["label_coverage"],
+               "delay p50 h": None if s["label_delay_p50"] is None else s["label_delay_p50"] / 3600,
+               "delay p95 h": None if s["label_delay_p95"] is None else s["label_delay_p95"] / 3600}
+        rows.append(row)
+        lines.append([_fmt(row[c], 1 if c.startswith("delay") else 4) for c in cols])
+    widths = [max(len(c), *(len(l[i]) for l in lines)) if lines else len(c) for i, c in enumerate(cols)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)),
+           "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(l, widths)) for l in lines]
+    return "\n".join(out), rows
+
+
+def run_demo(settings: Settings, *, say: Say, pretrain: int = 5000, label_delay: int = 48,
+             limit: int | None = None, wait_timeout: float = 300.0) -> dict[str, Any]:
+    """Publish the demo stream into a running loop and report; ``settings`` must be resolved."""
+    say(f"preparing Elec2: training the frozen model on the first {pretrain:,} rows ...")
+    plan = build_events(pretrain, label_delay, limit)
+    total = sum(int(e["count"]) for e in plan.expected.values())
+    messages = schedule(plan.events, label_delay=2 * label_delay)
+
+    def progress(stats: PublishStats) -> None:
+        say(f"published {stats.predictions:,} predictions, {stats.labels:,} labels "
+            f"({(stats.predictions + stats.labels) / max(stats.seconds, 1e-9):,.0f} msg/s) | "
+            + _progress_line(settings, total))
+
+    assert settings.kafka_bootstrap
+    stats = publish(settings.kafka_bootstrap, settings.topics, messages, progress=progress,
+                    progress_every=2.0)
+    say(f"published {stats.predictions:,} predictions and {stats.labels:,} labels in {stats.seconds:.1f} s")
+    deadline = time.monotonic() + wait_timeout
+    last = 0.0
+    while True:
+        live = live_models(settings)
+        done = {m: live.get((m, "cumulative"), {}).get("count", 0) for m in plan.expected}
+        if all(done[m] >= plan.expected[m]["count"] for m in plan.expected):
+            break
+        if time.monotonic() > deadline:
+            raise FeedbackLoopError(
+                f"the loop produced {sum(done.values()):,} of {total:,} outcomes within {wait_timeout:.0f} s; "
+                f"see the worker log in {Path(settings.data_dir) / 'logs'}")
+        if time.monotonic() - last > 2:
+            say(_progress_line(settings, total))
+            last = time.monotonic()
+        time.sleep(0.25)
+    text, rows = table(settings, plan.expected)
+    report = {"expected": plan.expected, "live": rows,
+              "published": {"predictions": stats.predictions, "labels": stats.labels,
+                            "seconds": stats.seconds}}
+    path = Path(settings.data_dir) / "demo-report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    report["table"] = text
+    report["path"] = str(path)
+    return report
+

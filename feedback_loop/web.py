@@ -1,0 +1,134 @@
+"""The HTTP API (aiohttp): health, Prometheus metrics and live model metrics.
+
+Routes
+------
+``GET /healthz``      200 when Kafka and Redis answer and at least one worker beat recently, else 503
+``GET /metrics``      Prometheus text format of the live snapshots and the join counters
+``GET /api/models``   the live MetricsSnapshots (JSON list), merged from the partitions on read
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from redis.asyncio import Redis
+
+from feedback_loop.errors import BrokerUnavailableError
+from feedback_loop.kafka_admin import wait_for_kafka
+from feedback_loop.settings import Settings
+from streams.snapshots import read_counters, read_snapshots
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+
+_GAUGES = ("count", "correct", "accuracy", "predictions", "label_coverage", "expired_unlabeled",
+           "precision_macro", "recall_macro", "f1_macro", "log_loss", "brier", "mae", "rmse",
+           "label_delay_p50", "label_delay_p95")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def workers(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
+    """The heartbeats of the workers seen in the last few seconds."""
+    keys = [k async for k in redis.scan_iter(match=settings.key("workers", "*"), count=100)]
+    raws = await redis.mget(keys) if keys else []
+    return [orjson.loads(r) for r in raws if r]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    settings, redis = request.app[SETTINGS], request.app[REDIS]
+    checks: dict[str, Any] = {}
+    try:
+        await asyncio.wait_for(redis.ping(), 2.0)
+        checks["redis"] = "ok"
+        beats = await workers(redis, settings)
+        checks["workers"] = len(beats)
+        checks["partitions"] = sorted(p for b in beats for p in b["partitions"])
+    except Exception as exc:  # noqa: BLE001 - any failure is reported as unhealthy, with its text
+        checks["redis"] = f"unreachable: {exc}"
+    try:
+        await asyncio.to_thread(wait_for_kafka, settings.kafka_bootstrap or "", 2.0)
+        checks["kafka"] = "ok"
+    except BrokerUnavailableError as exc:
+        checks["kafka"] = f"unreachable: {exc}"
+    healthy = checks["redis"] == "ok" and checks["kafka"] == "ok" and checks.get("workers", 0) > 0
+    checks["status"] = "ok" if healthy else "unhealthy"
+    return _json(checks, 200 if healthy else 503)
+
+
+async def api_models(request: web.Request) -> web.Response:
+    return _json(await read_snapshots(request.app[REDIS], request.app[SETTINGS]))
+
+
+class _SnapshotCollector:
+    """Exposes already-read snapshots and counters to prometheus_client."""
+
+    def __init__(self, snapshots: list[dict[str, Any]], counters: dict[str, int],
+                 beats: list[dict[str, Any]]) -> None:
+        self.snapshots, self.counters, self.beats = snapshots, counters, beats
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        labels = ["model", "model_version", "window", "segment"]
+        for name in _GAUGES:
+            family = GaugeMetricFamily(f"feedback_loop_{name}", f"Live {name} per model version and segment",
+                                       labels=labels)
+            for s in self.snapshots:
+                value = s.get(name)
+                if value is not None:
+                    segment = ",".join(f"{k}={v}" for k, v in s["segment"].items())
+                    family.add_metric([s["model"], s["model_version"], s["window"], segment], float(value))
+            yield family
+        for name, value in sorted(self.counters.items()):
+            yield GaugeMetricFamily(f"feedback_loop_{name}", f"Join counter {name}, all partitions",
+                                    value=float(value))
+        yield GaugeMetricFamily("feedback_loop_workers", "Workers with a recent heartbeat",
+                                value=float(len(self.beats)))
+        idle = [b["idle_seconds"] for b in self.beats if b.get("idle_seconds") is not None]
+        if idle:
+            yield GaugeMetricFamily("feedback_loop_worker_idle_seconds_max",
+                                    "Longest time since a worker last processed an event", value=max(idle))
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    settings, redis = request.app[SETTINGS], request.app[REDIS]
+    snapshots, counters, beats = await asyncio.gather(
+        read_snapshots(redis, settings), read_counters(redis, settings), workers(redis, settings))
+    registry = CollectorRegistry()
+    registry.register(_SnapshotCollector(snapshots, counters, beats))  # type: ignore[arg-type]
+    return web.Response(body=generate_latest(registry),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def create_web_app(settings: Settings) -> web.Application:
+    """The aiohttp application; needs ``settings.redis_url`` and ``settings.kafka_bootstrap``."""
+    assert settings.redis_url, "resolve the servers before building the web app"
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[REDIS] = Redis.from_url(settings.redis_url)
+
+    async def _close(app: web.Application) -> None:
+        await app[REDIS].aclose()
+
+    app.on_cleanup.append(_close)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/api/models", api_models)
+    return app
+
+
+async def start_web(settings: Settings, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve the API on ``host:port`` (0 picks a free port); return the runner and the bound port."""
+    runner = web.AppRunner(create_web_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound
+

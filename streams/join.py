@@ -1,0 +1,289 @@
+"""The join of predictions, labels and reviewer verdicts by ``prediction_id``: pure functions.
+
+The rules (``DESIGN.md``, "Join semantics"):
+
+* a label or a verdict may arrive before, after or long after its prediction; duplicates happen;
+* a prediction has at most one outcome at a time; truth that arrives again and agrees changes
+  nothing; truth that disagrees revises the outcome (``revision`` grows by one);
+* ground-truth labels outrank reviewer verdicts; among labels (and among verdicts) the one that
+  arrived last wins; a verdict of ``"correct"`` confirms the prediction; ``"error"`` without a
+  corrected label marks it wrong with the true class unknown;
+* class labels compare by their canonical text (:func:`class_key`), so a label ``"1"`` confirms a
+  prediction ``1`` and ``true`` matches ``"true"``; when the true class is known, ``correct`` is
+  ``label == prediction`` (even for an "error" verdict whose corrected label equals the prediction);
+* a float prediction is a regression: its label must be a number and ``correct`` is ``None``.
+
+Nothing here does I/O: :mod:`streams.partition` holds the entries and turns changes into
+outcomes and metric updates.
+
+Examples
+--------
+>>> from feedback_loop.events import PredictionEvent, LabelEvent
+>>> p = PredictionEvent(prediction_id="p-1", model="m", model_version="1",
+...     timestamp="2026-11-22T10:00:00Z", features={}, prediction="yes")
+>>> entry, change = apply_label(None, LabelEvent(prediction_id="p-1", label="no",
+...     timestamp="2026-11-22T11:00:00Z"))
+>>> change.kind, change.revised
+('pending', False)
+>>> entry, change = apply_prediction(entry, p)
+>>> change.revised, entry.verdict.correct, entry.revision
+(True, False, 1)
+>>> entry, change = apply_label(entry, LabelEvent(prediction_id="p-1", label="no",
+...     timestamp="2026-11-22T12:00:00Z"))
+>>> change.kind, entry.revision
+('unchanged', 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Union
+
+from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag
+
+Target = Union[bool, int, str, float]
+
+
+def class_key(value: Target) -> str:
+    """Canonical text of a class label.
+
+    >>> class_key(True), class_key(1), class_key("1"), class_key("yes")
+    ('true', '1', '1', 'yes')
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def is_regression(prediction: Target) -> bool:
+    """A float prediction is a regression; strings, ints and bools are class labels."""
+    return isinstance(prediction, float)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What the join keeps of a prediction (its features are not needed here)."""
+
+    model: str
+    model_version: str
+    prediction: Target
+    predicted_at: float
+    predicted_at_iso: str
+    tags: dict[str, str]
+    scores: dict[str, float] | None
+
+    @classmethod
+    def from_event(cls, event: PredictionEvent) -> Prediction:
+        return cls(
+            event.model, event.model_version, event.prediction, event.timestamp.timestamp(),
+            event.timestamp.isoformat(), dict(event.tags),
+            None if event.scores is None else dict(event.scores),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Truth:
+    """A ground-truth label or a reviewer's verdict, as last received."""
+
+    source: Literal["label", "review"]
+    label: Target | None
+    at: float
+    at_iso: str
+    verdict: Literal["error", "correct"] | None = None
+    reviewer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The current truth of a prediction, as published in its latest outcome."""
+
+    label: Target | None
+    correct: bool | None
+    source: Literal["label", "review"]
+    labeled_at: float
+    labeled_at_iso: str
+
+    def agrees_with(self, other: Verdict | None) -> bool:
+        """Same truth, whatever its source or time."""
+        if other is None:
+            return False
+        mine = None if self.label is None else _truth_key(self.label)
+        theirs = None if other.label is None else _truth_key(other.label)
+        return mine == theirs and self.correct == other.correct
+
+
+def _truth_key(label: Target) -> Any:
+    return float(label) if isinstance(label, float) else class_key(label)
+
+
+@dataclass(slots=True)
+class Entry:
+    """Everything known about one prediction id."""
+
+    prediction_id: str
+    prediction: Prediction | None = None
+    label: Truth | None = None
+    review: Truth | None = None
+    verdict: Verdict | None = None
+    revision: int = 0
+    first_seen: float = 0.0
+
+    def to_list(self) -> list[Any]:
+        """Compact JSON-able form; :meth:`from_list` inverts it."""
+        p = self.prediction
+        return [
+            self.prediction_id,
+            None if p is None else [p.model, p.model_version, p.prediction, p.predicted_at,
+                                    p.predicted_at_iso, p.tags, p.scores],
+            None if self.label is None else _truth_list(self.label),
+            None if self.review is None else _truth_list(self.review),
+            None if self.verdict is None else [self.verdict.label, self.verdict.correct,
+                                               self.verdict.source, self.verdict.labeled_at,
+                                               self.verdict.labeled_at_iso],
+            self.revision,
+            self.first_seen,
+        ]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> Entry:
+        pid, p, label, review, verdict, revision, first_seen = data
+        return cls(
+            pid,
+            None if p is None else Prediction(*p),
+            None if label is None else Truth(*label),
+            None if review is None else Truth(*review),
+            None if verdict is None else Verdict(*verdict),
+            revision,
+            first_seen,
+        )
+
+
+def _truth_list(t: Truth) -> list[Any]:
+    return [t.source, t.label, t.at, t.at_iso, t.verdict, t.reviewer]
+
+
+ChangeKind = Literal["pending", "revised", "unchanged", "duplicate", "conflict", "invalid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one event did to an entry.
+
+    ``kind`` is ``"revised"`` when the outcome changed (``previous`` is the verdict it replaced,
+    ``None`` for the first outcome), ``"pending"`` when the event was stored waiting for its
+    counterpart, ``"unchanged"`` when it agreed with what was known, ``"duplicate"`` for a
+    prediction seen before, ``"conflict"`` for a different prediction under a known id and
+    ``"invalid"`` for truth that cannot apply (``reason`` says why); the last two are dead-lettered.
+    """
+
+    kind: ChangeKind
+    previous: Verdict | None = None
+    reason: str = ""
+
+    @property
+    def revised(self) -> bool:
+        return self.kind == "revised"
+
+
+def resolve(entry: Entry) -> Verdict | None:
+    """The verdict the entry's evidence supports, or ``None`` while it has no outcome."""
+    p = entry.prediction
+    truth = entry.label or entry.review
+    if p is None or truth is None:
+        return None
+    if truth.source == "review" and truth.verdict == "correct":
+        label: Target | None = p.prediction
+    else:
+        label = truth.label
+    if is_regression(p.prediction):
+        correct = None
+    elif label is None:
+        correct = False
+    else:
+        correct = class_key(label) == class_key(p.prediction)
+    return Verdict(label, correct, truth.source, truth.at, truth.at_iso)
+
+
+def _check_truth(entry: Entry) -> str:
+    p, truth = entry.prediction, entry.label or entry.review
+    if p is None or truth is None or truth.label is None or not is_regression(p.prediction):
+        return ""
+    if isinstance(truth.label, bool) or not isinstance(truth.label, (int, float)):
+        return (f"label {truth.label!r} is not a number, but prediction {entry.prediction_id} "
+                f"of model {p.model} is a regression")
+    return ""
+
+
+def _settle(entry: Entry, before: Entry | None) -> tuple[Entry | None, Change]:
+    """Recompute the verdict after an event; revise when the truth changed.
+
+    An invalid event leaves the entry as it was before (``None`` when there was none).
+    """
+    reason = _check_truth(entry)
+    if reason:
+        return before, Change("invalid", reason=reason)
+    new = resolve(entry)
+    old = entry.verdict
+    if new is None:
+        return entry, Change("pending")
+    if new.agrees_with(old):
+        return entry, Change("unchanged")
+    entry.verdict = new
+    entry.revision += 1
+    return entry, Change("revised", previous=old)
+
+
+def _copy(entry: Entry | None, pid: str, at: float) -> Entry:
+    return Entry(pid, first_seen=at) if entry is None else replace(entry)
+
+
+def apply_prediction(entry: Entry | None, event: PredictionEvent) -> tuple[Entry | None, Change]:
+    """Apply a prediction; a repeated identical prediction changes nothing."""
+    record = Prediction.from_event(event)
+    if entry is not None and entry.prediction is not None:
+        if entry.prediction == record:
+            return entry, Change("duplicate")
+        return entry, Change(
+            "conflict",
+            reason=f"prediction_id {event.prediction_id} already holds a different prediction "
+                   f"(model {entry.prediction.model} version {entry.prediction.model_version})",
+        )
+    new = _copy(entry, event.prediction_id, record.predicted_at)
+    new.prediction = record
+    return _settle(new, entry)
+
+
+def apply_label(entry: Entry | None, event: LabelEvent) -> tuple[Entry | None, Change]:
+    """Apply a ground-truth label: it replaces any earlier label and outranks verdicts."""
+    at = event.timestamp.timestamp()
+    new = _copy(entry, event.prediction_id, at)
+    new.label = Truth("label", event.label, at, event.timestamp.isoformat())
+    return _settle(new, entry)
+
+
+def apply_review(entry: Entry | None, event: ReviewFlag) -> tuple[Entry | None, Change]:
+    """Apply a reviewer's verdict: it counts only while no ground-truth label is known."""
+    at = event.timestamp.timestamp()
+    new = _copy(entry, event.prediction_id, at)
+    new.review = Truth("review", event.corrected_label, at, event.timestamp.isoformat(),
+                       event.verdict, event.reviewer)
+    return _settle(new, entry)
+
+
+def outcome(entry: Entry) -> dict[str, Any]:
+    """The Outcome event (as a dict) of an entry's current verdict."""
+    p, v = entry.prediction, entry.verdict
+    assert p is not None and v is not None, "outcome() needs a prediction and a verdict"
+    return {
+        "prediction_id": entry.prediction_id,
+        "model": p.model,
+        "model_version": p.model_version,
+        "prediction": p.prediction,
+        "label": v.label,
+        "correct": v.correct,
+        "label_source": v.source,
+        "revision": entry.revision,
+        "predicted_at": p.predicted_at_iso,
+        "labeled_at": v.labeled_at_iso,
+        "tags": p.tags,
+    }

@@ -1,0 +1,297 @@
+"""The join state of one partition and the pure processing of its records.
+
+A :class:`PartitionState` holds, for one partition shared by ``predictions``, ``labels`` and
+``review-flags`` (all keyed by ``prediction_id``, so co-partitioned):
+
+* one :class:`~streams.join.Entry` per prediction id still in play,
+* one :class:`Aggregate` per (model, model version, segment) with cumulative metrics, the
+  partition's share of the rolling window and the prediction / expiry counters,
+* the last applied offset of each source topic, so a record delivered twice (at-least-once,
+  after a crash or a rebalance) is applied once,
+* the event-time watermark (the largest event timestamp seen) that drives TTL expiry.
+
+:meth:`PartitionState.apply` diverts, never crashes: an undecodable, invalid, oversized or
+mis-keyed record becomes a dead letter. It returns the messages to publish; the caller publishes
+them, then checkpoints the state (:mod:`streams.checkpoint`), then commits the offsets.
+
+Aggregates of several partitions merge by addition (and the rolling windows by a top-N union),
+see :mod:`feedback_loop.snapshots`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import orjson
+
+from feedback_loop.errors import InvalidEventError
+from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, dead_letter, decode
+from feedback_loop.metrics import Accumulator, RollingWindow, Sample, make_sample
+from streams import join
+from streams.join import Entry
+
+#: (model, model_version, tag name, tag value); ("", "") for the whole model version.
+AggKey = tuple[str, str, str, str]
+
+SOURCES = {"predictions": PredictionEvent, "labels": LabelEvent, "review-flags": ReviewFlag}
+_APPLY = {"predictions": join.apply_prediction, "labels": join.apply_label,
+          "review-flags": join.apply_review}
+
+
+class Record(NamedTuple):
+    """One consumed message, independent of the Kafka client that read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Emit(NamedTuple):
+    """A message to publish: ``kind`` is ``"outcomes"`` or ``"dead-letters"``."""
+
+    kind: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class Aggregate:
+    """Metrics state of one model version and segment within one partition."""
+
+    cumulative: Accumulator
+    rolling: RollingWindow
+    predictions: int = 0
+    expired_unlabeled: int = 0
+
+    @classmethod
+    def empty(cls, window_size: int) -> Aggregate:
+        return cls(Accumulator(), RollingWindow(window_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cumulative": self.cumulative.to_dict(), "rolling": self.rolling.to_dict(),
+                "predictions": self.predictions, "expired_unlabeled": self.expired_unlabeled}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Aggregate:
+        return cls(Accumulator.from_dict(data["cumulative"]), RollingWindow.from_dict(data["rolling"]),
+                   data["predictions"], data["expired_unlabeled"])
+
+
+def segments(prediction: join.Prediction) -> Iterator[AggKey]:
+    """The aggregate keys one prediction counts in: the whole version, then one per tag."""
+    yield (prediction.model, prediction.model_version, "", "")
+    for name, value in prediction.tags.items():
+        yield (prediction.model, prediction.model_version, name, value)
+
+
+def encode_agg_key(key: AggKey) -> bytes:
+    return orjson.dumps(key)
+
+
+def decode_agg_key(raw: bytes | str) -> AggKey:
+    model, version, name, value = orjson.loads(raw)
+    return (model, version, name, value)
+
+
+def to_sample(entry: Entry, verdict: join.Verdict) -> Sample:
+    """The metrics contribution of ``entry`` under ``verdict``."""
+    p = entry.prediction
+    assert p is not None
+    if join.is_regression(p.prediction):
+        label = None if verdict.label is None else float(verdict.label)
+        prediction: str | float = float(p.prediction)
+    else:
+        label = None if verdict.label is None else join.class_key(verdict.label)
+        prediction = join.class_key(p.prediction)
+    return make_sample(entry.prediction_id, p.predicted_at, prediction, label, verdict.correct,
+                       p.scores, verdict.labeled_at - p.predicted_at)
+
+
+@dataclass
+class PartitionState:
+    """Join entries, aggregates, offsets and watermark of one partition (see module doc)."""
+
+    partition: int
+    ttl: float
+    retention: float
+    window_size: int
+    max_event_bytes: int = 1_000_000
+    topic_kinds: dict[str, str] = field(default_factory=lambda: {k: k for k in SOURCES})
+    entries: dict[str, Entry] = field(default_factory=dict)
+    aggregates: dict[AggKey, Aggregate] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
+    watermark: float = float("-inf")
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "orphan_labels": 0, "duplicate_predictions": 0, "dead_letters": 0, "retired_outcomes": 0})
+    _deadlines: list[tuple[float, str]] = field(default_factory=list, repr=False)
+    _dirty: set[str] = field(default_factory=set, repr=False)
+    _removed: set[str] = field(default_factory=set, repr=False)
+    _dirty_aggs: set[AggKey] = field(default_factory=set, repr=False)
+
+    # ----------------------------------------------------------------- processing
+    def apply(self, record: Record) -> list[Emit]:
+        """Apply one record; return the outcomes and dead letters it produces."""
+        last = self.offsets.get(record.topic)
+        if last is not None and record.offset <= last:
+            return []  # already applied before a restart or rebalance
+        self.offsets[record.topic] = record.offset
+        kind = self.topic_kinds.get(record.topic)
+        if kind is None:
+            return [self._dead(record, f"topic {record.topic!r} is not a join input")]
+        try:
+            event = self._decode(kind, record)
+        except InvalidEventError as exc:
+            return [self._dead(record, exc.reason)]
+        pid = event.prediction_id
+        before = self.entries.get(pid)
+        entry, change = _APPLY[kind](before, event)
+        if change.kind in ("conflict", "invalid"):
+            return [self._dead(record, change.reason)]
+        if change.kind == "duplicate":
+            self.counters["duplicate_predictions"] += 1
+            return []
+        assert entry is not None
+        self.watermark = max(self.watermark, event.timestamp.timestamp())
+        self.entries[pid] = entry
+        self._touch(pid, entry)
+        if kind == "predictions" and entry.prediction is not None:
+            for key in segments(entry.prediction):
+                self._aggregate(key).predictions += 1
+        if not change.revised:
+            return []
+        self._count(entry, change.previous)
+        return [Emit("outcomes", pid.encode(), orjson.dumps(join.outcome(entry)))]
+
+    def apply_all(self, records: Iterable[Record]) -> list[Emit]:
+        """Apply records in order, then expire what the advanced watermark makes due."""
+        out: list[Emit] = []
+        for record in records:
+            out.extend(self.apply(record))
+        self.expire()
+        return out
+
+    def expire(self) -> int:
+        """Drop entries whose deadline the watermark passed; count what never joined."""
+        done = 0
+        heap = self._deadlines
+        while heap and heap[0][0] < self.watermark:
+            deadline, pid = heapq.heappop(heap)
+            entry = self.entries.get(pid)
+            if entry is None or self._deadline(entry) != deadline:
+                continue  # superseded by a later push
+            del self.entries[pid]
+            self._dirty.discard(pid)
+            self._removed.add(pid)
+            done += 1
+            if entry.prediction is None:
+                self.counters["orphan_labels"] += 1
+            elif entry.verdict is None:
+                for key in segments(entry.prediction):
+                    self._aggregate(key).expired_unlabeled += 1
+            else:
+                self.counters["retired_outcomes"] += 1
+        return done
+
+    def _decode(self, kind: str, record: Record) -> Any:
+        if record.value is not None and len(record.value) > self.max_event_bytes:
+            raise InvalidEventError(
+                f"message of {len(record.value)} bytes exceeds max_event_bytes={self.max_event_bytes}")
+        event = decode(SOURCES[kind], record.value)
+        if record.key is None or record.key != event.prediction_id.encode():
+            got = "no key" if record.key is None else f"key {record.key.decode('utf-8', 'replace')!r}"
+            raise InvalidEventError(
+                f"message key must be the prediction_id {event.prediction_id!r} (got {got}); "
+                "key every message by prediction_id so the join stays on one partition")
+        return event
+
+    def _dead(self, record: Record, reason: str) -> Emit:
+        self.counters["dead_letters"] += 1
+        letter = dead_letter(source_topic=record.topic, partition=record.partition,
+                             offset=record.offset, key=record.key, payload=record.value,
+                             reason=reason, max_payload_bytes=self.max_event_bytes)
+        return Emit("dead-letters", record.key, letter.to_json())
+
+    def _count(self, entry: Entry, previous: join.Verdict | None) -> None:
+        assert entry.prediction is not None and entry.verdict is not None
+        new = to_sample(entry, entry.verdict)
+        old = None if previous is None else to_sample(entry, previous)
+        for key in segments(entry.prediction):
+            agg = self._aggregate(key)
+            if old is not None:
+                agg.cumulative.remove(old)
+            agg.cumulative.add(new)
+            agg.rolling.upsert(new)
+
+    def _aggregate(self, key: AggKey) -> Aggregate:
+        self._dirty_aggs.add(key)
+        agg = self.aggregates.get(key)
+        if agg is None:
+            agg = self.aggregates[key] = Aggregate.empty(self.window_size)
+        return agg
+
+    def _deadline(self, entry: Entry) -> float:
+        if entry.prediction is None:
+            return entry.first_seen + self.ttl
+        if entry.verdict is None:
+            return entry.prediction.predicted_at + self.ttl
+        return max(entry.verdict.labeled_at, entry.prediction.predicted_at) + self.retention
+
+    def _touch(self, pid: str, entry: Entry) -> None:
+        self._dirty.add(pid)
+        self._removed.discard(pid)
+        heapq.heappush(self._deadlines, (self._deadline(entry), pid))
+
+    # ----------------------------------------------------------------- checkpoints
+    def changes(self) -> Changes:
+        """What changed since the last :meth:`mark_clean`, encoded for the store."""
+        return Changes(
+            entries={pid: orjson.dumps(self.entries[pid].to_list()) for pid in self._dirty},
+            removed=sorted(self._removed),
+            aggregates={encode_agg_key(k): orjson.dumps(self.aggregates[k].to_dict())
+                        for k in self._dirty_aggs},
+            meta=self.meta(),
+        )
+
+    def mark_clean(self) -> None:
+        self._dirty.clear()
+        self._removed.clear()
+        self._dirty_aggs.clear()
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty or self._removed or self._dirty_aggs)
+
+    def meta(self) -> dict[str, bytes]:
+        return {"offsets": orjson.dumps(self.offsets),
+                "watermark": orjson.dumps(None if self.watermark == float("-inf") else self.watermark),
+                "counters": orjson.dumps(self.counters)}
+
+    def restore(self, entries: dict[bytes, bytes], aggregates: dict[bytes, bytes],
+                meta: dict[bytes, bytes]) -> None:
+        """Load a checkpoint (raw Redis hashes) into this empty state."""
+        for raw in entries.values():
+            entry = Entry.from_list(orjson.loads(raw))
+            self.entries[entry.prediction_id] = entry
+            self._deadlines.append((self._deadline(entry), entry.prediction_id))
+        heapq.heapify(self._deadlines)
+        for raw_key, raw in aggregates.items():
+            self.aggregates[decode_agg_key(raw_key)] = Aggregate.from_dict(orjson.loads(raw))
+        if b"offsets" in meta:
+            self.offsets = orjson.loads(meta[b"offsets"])
+        if meta.get(b"watermark") not in (None, b"null"):
+            self.watermark = orjson.loads(meta[b"watermark"])
+        if b"counters" in meta:
+            self.counters.update(orjson.loads(meta[b"counters"]))
+
+
+class Changes(NamedTuple):
+    """A partition's changes since its last checkpoint, ready for Redis."""
+
+    entries: dict[str, bytes]
+    removed: list[str]
+    aggregates: dict[bytes, bytes]
+    meta: dict[str, bytes]
