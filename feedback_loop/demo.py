@@ -163,7 +163,7 @@ def run_demo(settings: Settings, *, say: Say, pretrain: int = 5000, label_delay:
         if time.monotonic() - last > 2:
             say(_progress_line(settings, total))
             last = time.monotonic()
-        time.sleep(0.25)
+        time.sleep(1.0)
     text, rows = table(settings, plan.expected)
     report = {"expected": plan.expected, "live": rows,
               "published": {"predictions": stats.predictions, "labels": stats.labels,

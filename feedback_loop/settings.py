@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         7 * 24 * 3600.0, gt=0,
         description="Event-time seconds a labeled prediction is kept so later truth can still revise it.",
     )
+    watermark_idle_seconds: float = Field(
+        30.0, gt=0,
+        description="Wall seconds after which a silent input (predictions or labels) stops holding back the event-time watermark.",
+    )
+    expiry_interval_seconds: float = Field(1.0, gt=0, description="How often idle partitions are checked for expiry.")
     rolling_window: int = Field(1000, ge=1, description="Outcomes in the rolling metrics window.")
     max_event_bytes: int = Field(1_000_000, ge=1024, description="Larger messages are dead-lettered.")
     batch_max: int = Field(2000, ge=1, description="Most events processed in one batch.")

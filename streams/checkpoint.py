@@ -4,6 +4,7 @@ Layout (``ns`` is ``Settings.redis_namespace``)::
 
     {ns}:join:{p}     hash  prediction_id -> entry            (streams.join.Entry.to_list)
     {ns}:agg:{p}      hash  [model, version, tag, value] -> aggregate (streams.partition.Aggregate)
+    {ns}:win:{p}      hash  [model, version, tag, value, predicted_at, id] -> rolling-window sample
     {ns}:meta:{p}     hash  offsets / watermark / counters
     {ns}:owner:{p}    string  token of the worker that owns the partition
     {ns}:partitions   set   partitions that have state
@@ -36,9 +37,9 @@ class CheckpointStore:
         self.owner = owner or uuid.uuid4().hex[:12]
         self._tokens: dict[int, bytes] = {}
 
-    def _keys(self, p: int) -> tuple[str, str, str, str]:
+    def _keys(self, p: int) -> tuple[str, str, str, str, str]:
         k = self.settings.key
-        return k("join", p), k("agg", p), k("meta", p), k("owner", p)
+        return k("join", p), k("agg", p), k("win", p), k("meta", p), k("owner", p)
 
     def new_state(self, partition: int) -> PartitionState:
         s = self.settings
@@ -46,13 +47,14 @@ class CheckpointStore:
         return PartitionState(
             partition=partition, ttl=s.prediction_ttl_seconds, retention=s.outcome_retention_seconds,
             window_size=s.rolling_window, max_event_bytes=s.max_event_bytes,
+            idle_seconds=s.watermark_idle_seconds,
             topic_kinds={t.predictions: "predictions", t.labels: "labels",
                          t.review_flags: "review-flags"},
         )
 
-    async def claim(self, partition: int) -> PartitionState:
-        """Take ownership of ``partition`` and load its last checkpoint."""
-        join_key, agg_key, meta_key, owner_key = self._keys(partition)
+    async def claim(self, partition: int, now: float) -> PartitionState:
+        """Take ownership of ``partition`` and load its last checkpoint (``now``: wall time)."""
+        join_key, agg_key, win_key, meta_key, owner_key = self._keys(partition)
         token = f"{self.owner}:{uuid.uuid4().hex[:8]}".encode()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(owner_key, token)
@@ -60,9 +62,10 @@ class CheckpointStore:
             pipe.hgetall(join_key)
             pipe.hgetall(agg_key)
             pipe.hgetall(meta_key)
-            _, _, entries, aggregates, meta = await pipe.execute()
+            pipe.hgetall(win_key)
+            _, _, entries, aggregates, meta, windows = await pipe.execute()
         state = self.new_state(partition)
-        state.restore(entries, aggregates, meta)
+        state.restore(entries, aggregates, meta, windows, now)
         self._tokens[partition] = token
         return state
 
@@ -74,7 +77,7 @@ class CheckpointStore:
         """Write the state's changes atomically, if this worker still owns the partition."""
         p = state.partition
         token = self._tokens.get(p)
-        join_key, agg_key, meta_key, owner_key = self._keys(p)
+        join_key, agg_key, win_key, meta_key, owner_key = self._keys(p)
         changes = state.changes()
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -88,6 +91,10 @@ class CheckpointStore:
                     pipe.hdel(join_key, *changes.removed)
                 if changes.aggregates:
                     pipe.hset(agg_key, mapping=changes.aggregates)
+                if changes.window_removed:
+                    pipe.hdel(win_key, *changes.window_removed)
+                if changes.window_set:
+                    pipe.hset(win_key, mapping=changes.window_set)
                 pipe.hset(meta_key, mapping=changes.meta)
                 await pipe.execute()
         except WatchError:
@@ -97,7 +104,7 @@ class CheckpointStore:
 
 def reset_join_state(client: "SyncRedis", settings: Settings) -> int:
     """Delete every partition checkpoint and snapshot (the input topics were created anew)."""
-    patterns = [settings.key(kind, "*") for kind in ("join", "agg", "meta", "owner")]
+    patterns = [settings.key(kind, "*") for kind in ("join", "agg", "win", "meta", "owner")]
     keys = [k for pattern in patterns for k in client.scan_iter(match=pattern, count=500)]
     keys += [settings.key("partitions"), settings.key("snapshots")]
     return int(client.delete(*keys)) if keys else 0

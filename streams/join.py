@@ -174,11 +174,13 @@ class Change:
     counterpart, ``"unchanged"`` when it agreed with what was known, ``"duplicate"`` for a
     prediction seen before, ``"conflict"`` for a different prediction under a known id and
     ``"invalid"`` for truth that cannot apply (``reason`` says why); the last two are dead-lettered.
+    ``dropped`` counts earlier truths a new prediction could not use (a word for a regression).
     """
 
     kind: ChangeKind
     previous: Verdict | None = None
     reason: str = ""
+    dropped: int = 0
 
     @property
     def revised(self) -> bool:
@@ -250,7 +252,15 @@ def apply_prediction(entry: Entry | None, event: PredictionEvent) -> tuple[Entry
         )
     new = _copy(entry, event.prediction_id, record.predicted_at)
     new.prediction = record
-    return _settle(new, entry)
+    dropped = 0
+    while _check_truth(new):  # truth received earlier that cannot apply to this prediction
+        if new.label is not None:
+            new.label = None
+        else:
+            new.review = None
+        dropped += 1
+    new, change = _settle(new, entry)
+    return new, (replace(change, dropped=dropped) if dropped else change)
 
 
 def apply_label(entry: Entry | None, event: LabelEvent) -> tuple[Entry | None, Change]:

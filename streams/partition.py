@@ -8,7 +8,7 @@ A :class:`PartitionState` holds, for one partition shared by ``predictions``, ``
   partition's share of the rolling window and the prediction / expiry counters,
 * the last applied offset of each source topic, so a record delivered twice (at-least-once,
   after a crash or a rebalance) is applied once,
-* the event-time watermark (the largest event timestamp seen) that drives TTL expiry.
+* the event-time watermark that drives TTL expiry (see :meth:`PartitionState.advance_watermark`).
 
 :meth:`PartitionState.apply` diverts, never crashes: an undecodable, invalid, oversized or
 mis-keyed record becomes a dead letter. It returns the messages to publish; the caller publishes
@@ -35,6 +35,8 @@ from streams.join import Entry
 #: (model, model_version, tag name, tag value); ("", "") for the whole model version.
 AggKey = tuple[str, str, str, str]
 
+#: The inputs whose event times drive the watermark.
+WATERMARK_INPUTS = ("predictions", "labels")
 SOURCES = {"predictions": PredictionEvent, "labels": LabelEvent, "review-flags": ReviewFlag}
 _APPLY = {"predictions": join.apply_prediction, "labels": join.apply_label,
           "review-flags": join.apply_review}
@@ -72,12 +74,13 @@ class Aggregate:
         return cls(Accumulator(), RollingWindow(window_size))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cumulative": self.cumulative.to_dict(), "rolling": self.rolling.to_dict(),
-                "predictions": self.predictions, "expired_unlabeled": self.expired_unlabeled}
+        """Everything but the rolling window, whose samples are stored one by one."""
+        return {"cumulative": self.cumulative.to_dict(), "predictions": self.predictions,
+                "expired_unlabeled": self.expired_unlabeled}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Aggregate:
-        return cls(Accumulator.from_dict(data["cumulative"]), RollingWindow.from_dict(data["rolling"]),
+    def from_dict(cls, data: dict[str, Any], window_size: int) -> Aggregate:
+        return cls(Accumulator.from_dict(data["cumulative"]), RollingWindow(window_size),
                    data["predictions"], data["expired_unlabeled"])
 
 
@@ -95,6 +98,16 @@ def encode_agg_key(key: AggKey) -> bytes:
 def decode_agg_key(raw: bytes | str) -> AggKey:
     model, version, name, value = orjson.loads(raw)
     return (model, version, name, value)
+
+
+def encode_window_field(key: AggKey, sample: Sample) -> bytes:
+    """Redis field of one rolling-window sample: enough to pick the top N without its value."""
+    return orjson.dumps([*key, sample.predicted_at, sample.prediction_id])
+
+
+def decode_window_field(raw: bytes | str) -> tuple[AggKey, float, str]:
+    model, version, name, value, predicted_at, pid = orjson.loads(raw)
+    return (model, version, name, value), predicted_at, pid
 
 
 def to_sample(entry: Entry, verdict: join.Verdict) -> Sample:
@@ -120,21 +133,28 @@ class PartitionState:
     retention: float
     window_size: int
     max_event_bytes: int = 1_000_000
+    idle_seconds: float = 30.0
     topic_kinds: dict[str, str] = field(default_factory=lambda: {k: k for k in SOURCES})
     entries: dict[str, Entry] = field(default_factory=dict)
     aggregates: dict[AggKey, Aggregate] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     watermark: float = float("-inf")
+    #: largest event time seen per input that drives the watermark, and when it was last fed (wall s)
+    input_high: dict[str, float] = field(default_factory=dict)
+    input_seen: dict[str, float] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: {
-        "orphan_labels": 0, "duplicate_predictions": 0, "dead_letters": 0, "retired_outcomes": 0})
+        "orphan_labels": 0, "duplicate_predictions": 0, "dead_letters": 0, "retired_outcomes": 0,
+        "rejected_truths": 0})
     _deadlines: list[tuple[float, str]] = field(default_factory=list, repr=False)
     _dirty: set[str] = field(default_factory=set, repr=False)
     _removed: set[str] = field(default_factory=set, repr=False)
     _dirty_aggs: set[AggKey] = field(default_factory=set, repr=False)
+    _window_changes: dict[AggKey, set[str]] = field(default_factory=dict, repr=False)
+    _written_samples: dict[AggKey, dict[str, Sample]] = field(default_factory=dict, repr=False)
 
     # ----------------------------------------------------------------- processing
-    def apply(self, record: Record) -> list[Emit]:
-        """Apply one record; return the outcomes and dead letters it produces."""
+    def apply(self, record: Record, now: float = 0.0) -> list[Emit]:
+        """Apply one record at wall time ``now``; return the outcomes and dead letters it produces."""
         last = self.offsets.get(record.topic)
         if last is not None and record.offset <= last:
             return []  # already applied before a restart or rebalance
@@ -151,11 +171,14 @@ class PartitionState:
         entry, change = _APPLY[kind](before, event)
         if change.kind in ("conflict", "invalid"):
             return [self._dead(record, change.reason)]
+        self.counters["rejected_truths"] += change.dropped
         if change.kind == "duplicate":
             self.counters["duplicate_predictions"] += 1
             return []
         assert entry is not None
-        self.watermark = max(self.watermark, event.timestamp.timestamp())
+        if kind in WATERMARK_INPUTS:
+            self.input_high[kind] = max(self.input_high.get(kind, float("-inf")), event.timestamp.timestamp())
+            self.input_seen[kind] = now
         self.entries[pid] = entry
         self._touch(pid, entry)
         if kind == "predictions" and entry.prediction is not None:
@@ -166,16 +189,38 @@ class PartitionState:
         self._count(entry, change.previous)
         return [Emit("outcomes", pid.encode(), orjson.dumps(join.outcome(entry)))]
 
-    def apply_all(self, records: Iterable[Record]) -> list[Emit]:
+    def apply_all(self, records: Iterable[Record], now: float = 0.0) -> list[Emit]:
         """Apply records in order, then expire what the advanced watermark makes due."""
         out: list[Emit] = []
         for record in records:
-            out.extend(self.apply(record))
-        self.expire()
+            out.extend(self.apply(record, now))
+        self.expire(now)
         return out
 
-    def expire(self) -> int:
+    def advance_watermark(self, now: float) -> float:
+        """Move the event-time watermark forward, never back.
+
+        Predictions and labels are separate topics that a consumer reads at different paces
+        (a replay may deliver hours of labels before the matching predictions), so the
+        watermark is the smallest of their event-time highs: the slower input holds it back.
+        An input that delivered nothing for ``idle_seconds`` of wall time stops holding it
+        back; when every input is idle the watermark is the largest high. Reviewer verdicts
+        are too sparse to drive it.
+        """
+        active = [high for kind, high in self.input_high.items()
+                  if now - self.input_seen.get(kind, float("-inf")) < self.idle_seconds]
+        if active:
+            candidate = min(active)
+        elif self.input_high:
+            candidate = max(self.input_high.values())
+        else:
+            return self.watermark
+        self.watermark = max(self.watermark, candidate)
+        return self.watermark
+
+    def expire(self, now: float = 0.0) -> int:
         """Drop entries whose deadline the watermark passed; count what never joined."""
+        self.advance_watermark(now)
         done = 0
         heap = self._deadlines
         while heap and heap[0][0] < self.watermark:
@@ -224,7 +269,11 @@ class PartitionState:
             if old is not None:
                 agg.cumulative.remove(old)
             agg.cumulative.add(new)
-            agg.rolling.upsert(new)
+            evicted = agg.rolling.upsert(new)
+            changed = self._window_changes.setdefault(key, set())
+            changed.add(entry.prediction_id)
+            if evicted is not None:
+                changed.add(evicted)
 
     def _aggregate(self, key: AggKey) -> Aggregate:
         self._dirty_aggs.add(key)
@@ -247,45 +296,83 @@ class PartitionState:
 
     # ----------------------------------------------------------------- checkpoints
     def changes(self) -> Changes:
-        """What changed since the last :meth:`mark_clean`, encoded for the store."""
+        """What changed since the last :meth:`mark_clean`, encoded for the store.
+
+        Rolling windows are written sample by sample: the samples upserted since the last
+        checkpoint that are still in their window, and deletions of those that left it.
+        """
+        window_set: dict[bytes, bytes] = {}
+        window_removed: list[bytes] = []
+        for key, pids in self._window_changes.items():
+            window = self.aggregates[key].rolling
+            written = self._written_samples.get(key, {})
+            for pid in pids:
+                sample = window.get(pid)
+                if sample is not None:
+                    window_set[encode_window_field(key, sample)] = orjson.dumps(sample.to_list())
+                elif pid in written:
+                    window_removed.append(encode_window_field(key, written[pid]))
         return Changes(
             entries={pid: orjson.dumps(self.entries[pid].to_list()) for pid in self._dirty},
             removed=sorted(self._removed),
             aggregates={encode_agg_key(k): orjson.dumps(self.aggregates[k].to_dict())
                         for k in self._dirty_aggs},
+            window_set=window_set,
+            window_removed=window_removed,
             meta=self.meta(),
         )
 
     def mark_clean(self) -> None:
+        """The last :meth:`changes` are stored."""
+        for key, pids in self._window_changes.items():
+            window = self.aggregates[key].rolling
+            written = self._written_samples.setdefault(key, {})
+            for pid in pids:
+                sample = window.get(pid)
+                if sample is None:
+                    written.pop(pid, None)
+                else:
+                    written[pid] = sample
+        self._window_changes.clear()
         self._dirty.clear()
         self._removed.clear()
         self._dirty_aggs.clear()
 
     @property
     def dirty(self) -> bool:
-        return bool(self._dirty or self._removed or self._dirty_aggs)
+        return bool(self._dirty or self._removed or self._dirty_aggs or self._window_changes)
 
     def meta(self) -> dict[str, bytes]:
         return {"offsets": orjson.dumps(self.offsets),
                 "watermark": orjson.dumps(None if self.watermark == float("-inf") else self.watermark),
+                "inputs": orjson.dumps(self.input_high),
                 "counters": orjson.dumps(self.counters)}
 
     def restore(self, entries: dict[bytes, bytes], aggregates: dict[bytes, bytes],
-                meta: dict[bytes, bytes]) -> None:
-        """Load a checkpoint (raw Redis hashes) into this empty state."""
+                meta: dict[bytes, bytes], windows: dict[bytes, bytes] | None = None,
+                now: float = 0.0) -> None:
+        """Load a checkpoint (raw Redis hashes) into this empty state at wall time ``now``."""
         for raw in entries.values():
             entry = Entry.from_list(orjson.loads(raw))
             self.entries[entry.prediction_id] = entry
             self._deadlines.append((self._deadline(entry), entry.prediction_id))
         heapq.heapify(self._deadlines)
         for raw_key, raw in aggregates.items():
-            self.aggregates[decode_agg_key(raw_key)] = Aggregate.from_dict(orjson.loads(raw))
+            self.aggregates[decode_agg_key(raw_key)] = Aggregate.from_dict(orjson.loads(raw), self.window_size)
+        for field_raw, raw in (windows or {}).items():
+            key, _, pid = decode_window_field(field_raw)
+            sample = Sample.from_list(orjson.loads(raw))
+            self.aggregates[key].rolling.upsert(sample)
+            self._written_samples.setdefault(key, {})[pid] = sample
         if b"offsets" in meta:
             self.offsets = orjson.loads(meta[b"offsets"])
         if meta.get(b"watermark") not in (None, b"null"):
             self.watermark = orjson.loads(meta[b"watermark"])
         if b"counters" in meta:
             self.counters.update(orjson.loads(meta[b"counters"]))
+        if b"inputs" in meta:
+            self.input_high = orjson.loads(meta[b"inputs"])
+            self.input_seen = {kind: now for kind in self.input_high}
 
 
 class Changes(NamedTuple):
@@ -294,4 +381,6 @@ class Changes(NamedTuple):
     entries: dict[str, bytes]
     removed: list[str]
     aggregates: dict[bytes, bytes]
+    window_set: dict[bytes, bytes]
+    window_removed: list[bytes]
     meta: dict[str, bytes]

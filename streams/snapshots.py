@@ -12,81 +12,94 @@ whole deployment, repeated in every snapshot.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from feedback_loop.metrics import Accumulator, RollingWindow
+from feedback_loop.metrics import Accumulator, RollingWindow, Sample
 from feedback_loop.settings import Settings
-from streams.partition import AggKey, Aggregate, decode_agg_key
+from streams.partition import AggKey, decode_agg_key, decode_window_field
 
 
-def merge_aggregates(
-    partitions: list[dict[AggKey, Aggregate]], counters: list[dict[str, int]], window_size: int,
-    now: datetime | None = None,
-) -> list[dict[str, Any]]:
+@dataclass
+class PartitionView:
+    """What a reader needs of one partition's checkpoint."""
+
+    cumulative: dict[AggKey, dict[str, Any]] = field(default_factory=dict)
+    #: per aggregate: (predicted_at, prediction_id, raw sample) of the window's samples
+    window: dict[AggKey, list[tuple[float, str, bytes]]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def merge(views: list[PartitionView], window_size: int, now: datetime | None = None) -> list[dict[str, Any]]:
     """The MetricsSnapshots (as dicts), cumulative then rolling, for every model version and segment."""
-    by_key: dict[AggKey, list[Aggregate]] = defaultdict(list)
-    for aggregates in partitions:
-        for key, agg in aggregates.items():
-            by_key[key].append(agg)
-    orphans = sum(c.get("orphan_labels", 0) for c in counters)
+    keys = sorted({k for v in views for k in v.cumulative})
+    orphans = sum(v.counters.get("orphan_labels", 0) for v in views)
     updated_at = (now or datetime.now(timezone.utc)).isoformat()
     out: list[dict[str, Any]] = []
-    for key in sorted(by_key):
+    for key in keys:
         model, version, tag, value = key
-        aggs = by_key[key]
+        parts = [v.cumulative[key] for v in views if key in v.cumulative]
         cumulative = Accumulator()
-        for agg in aggs:
-            cumulative.merge(agg.cumulative)
-        predictions = sum(a.predictions for a in aggs)
+        for part in parts:
+            cumulative.merge(Accumulator.from_dict(part["cumulative"]))
+        predictions = sum(p["predictions"] for p in parts)
+        totals = cumulative.result()
         common = {
             "model": model, "model_version": version, "segment": {tag: value} if tag else {},
             "predictions": predictions,
-            "expired_unlabeled": sum(a.expired_unlabeled for a in aggs),
+            "label_coverage": totals["count"] / predictions if predictions else None,
+            "expired_unlabeled": sum(p["expired_unlabeled"] for p in parts),
             "orphan_labels": orphans, "updated_at": updated_at,
         }
-        totals = cumulative.result()
-        common["label_coverage"] = totals["count"] / predictions if predictions else None
-        rolling = RollingWindow.merged((a.rolling for a in aggs), window_size)
-        for window, result in (("cumulative", totals), ("rolling", rolling.result())):
-            snap = {**common, "window": window, **result}
-            if window == "rolling":
-                snap["window_size"] = window_size
-            out.append(snap)
+        candidates = [item for v in views for item in v.window.get(key, ())]
+        rolling = RollingWindow(window_size)
+        for _, _, raw in heapq.nlargest(window_size, candidates, key=lambda t: (t[0], t[1])):
+            rolling.upsert(Sample.from_list(orjson.loads(raw)))
+        out.append({**common, "window": "cumulative", **totals})
+        out.append({**common, "window": "rolling", **rolling.result(), "window_size": window_size})
     return out
 
 
-async def read_partitions(
-    redis: Redis, settings: Settings,
-) -> tuple[list[dict[AggKey, Aggregate]], list[dict[str, int]]]:
-    """Every partition's aggregates and counters, as last checkpointed."""
-    members = sorted(int(p) for p in await redis.smembers(settings.key("partitions")))
+async def _members(redis: Redis, settings: Settings) -> list[int]:
+    return sorted(int(p) for p in await redis.smembers(settings.key("partitions")))
+
+
+async def read_views(redis: Redis, settings: Settings) -> list[PartitionView]:
+    """Every partition's aggregates, window samples and counters, as last checkpointed."""
+    members = await _members(redis, settings)
     async with redis.pipeline(transaction=False) as pipe:
         for p in members:
             pipe.hgetall(settings.key("agg", p))
+            pipe.hgetall(settings.key("win", p))
             pipe.hget(settings.key("meta", p), "counters")
         replies = await pipe.execute()
-    partitions, counters = [], []
-    for raw_aggs, raw_counters in zip(replies[::2], replies[1::2]):
-        partitions.append({decode_agg_key(k): Aggregate.from_dict(orjson.loads(v))
-                           for k, v in raw_aggs.items()})
-        counters.append(orjson.loads(raw_counters) if raw_counters else {})
-    return partitions, counters
+    views = []
+    for i in range(0, len(replies), 3):
+        raw_aggs, raw_win, raw_counters = replies[i:i + 3]
+        view = PartitionView(
+            cumulative={decode_agg_key(k): orjson.loads(v) for k, v in raw_aggs.items()},
+            counters=orjson.loads(raw_counters) if raw_counters else {})
+        for field_raw, raw in raw_win.items():
+            key, predicted_at, pid = decode_window_field(field_raw)
+            view.window.setdefault(key, []).append((predicted_at, pid, raw))
+        views.append(view)
+    return views
 
 
 async def read_snapshots(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
     """The live MetricsSnapshots of the deployment."""
-    partitions, counters = await read_partitions(redis, settings)
-    return merge_aggregates(partitions, counters, settings.rolling_window)
+    return merge(await read_views(redis, settings), settings.rolling_window)
 
 
 async def read_counters(redis: Redis, settings: Settings) -> dict[str, int]:
     """The partitions' counters summed (orphan labels, duplicates, dead letters, ...)."""
-    members = sorted(int(p) for p in await redis.smembers(settings.key("partitions")))
+    members = await _members(redis, settings)
     async with redis.pipeline(transaction=False) as pipe:
         for p in members:
             pipe.hget(settings.key("meta", p), "counters")

@@ -51,6 +51,5 @@ def build_app(settings: Settings) -> faust.App:
 def run_worker(settings: Settings) -> None:
     """Run one worker until SIGINT/SIGTERM (blocking)."""
     app = build_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True,
-                          override_logging=False)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

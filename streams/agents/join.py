@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -30,17 +31,25 @@ log = logging.getLogger(__name__)
 
 
 class PartitionStates:
-    """The partition states this worker owns, loaded from their checkpoint on first use."""
+    """The partition states this worker owns, loaded from their checkpoint on first use.
+
+    Each partition has a lock: a batch and the expiry timer never interleave on one state
+    between computing its changes and marking them stored.
+    """
 
     def __init__(self, store: CheckpointStore) -> None:
         self.store = store
         self._states: dict[int, PartitionState] = {}
+        self.locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def get(self, partition: int) -> PartitionState:
         state = self._states.get(partition)
         if state is None:
-            state = self._states[partition] = await self.store.claim(partition)
+            state = self._states[partition] = await self.store.claim(partition, time.time())
         return state
+
+    def loaded(self, partition: int) -> PartitionState | None:
+        return self._states.get(partition)
 
     def drop(self, partition: int) -> None:
         self._states.pop(partition, None)
@@ -73,10 +82,13 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, states: P
             activity["last_event_at"] = asyncio.get_running_loop().time()
 
     async def _process(partition: int, batch: list[Any]) -> bool:
-        state = await states.get(partition)
         records = [Record(e.message.topic, partition, e.message.offset, e.message.key, e.message.value)
                    for e in batch]
-        emits = state.apply_all(records)
+        async with states.locks[partition]:
+            state = await states.get(partition)
+            return await _publish_and_save(state, state.apply_all(records, time.time()))
+
+    async def _publish_and_save(state: PartitionState, emits: list[Any]) -> bool:
         if emits:
             pending = [await topics.for_kind(m.kind).send(key=m.key, value=m.value) for m in emits]
             await asyncio.gather(*pending)
@@ -84,8 +96,17 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, states: P
             await states.store.save(state)
         except OwnershipLostError as exc:
             log.warning("%s: dropping its state; the new owner replays the batch", exc)
-            states.drop(partition)
+            states.drop(state.partition)
             return False
         return True
+
+    @app.timer(settings.expiry_interval_seconds)
+    async def expire_idle() -> None:
+        """Expiry also runs while no events arrive (idle inputs release the watermark)."""
+        for partition in states.owned():
+            async with states.locks[partition]:
+                state = states.loaded(partition)
+                if state is not None and state.expire(time.time()):
+                    await _publish_and_save(state, [])
 
     return join_agent

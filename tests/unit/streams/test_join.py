@@ -1,0 +1,119 @@
+"""The join rules of streams.join, one rule per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag
+from streams.join import Entry, apply_label, apply_prediction, apply_review, class_key, outcome
+
+
+def pred(value="yes", pid="p-1", model="m", version="1", ts="2026-11-22T10:00:00Z", **kw):
+    return PredictionEvent(prediction_id=pid, model=model, model_version=version, timestamp=ts,
+                           features={"x": 1}, prediction=value, **kw)
+
+
+def label(value, pid="p-1", ts="2026-11-22T11:00:00Z"):
+    return LabelEvent(prediction_id=pid, label=value, timestamp=ts)
+
+
+def review(verdict, corrected=None, pid="p-1", ts="2026-11-22T10:30:00Z"):
+    return ReviewFlag(prediction_id=pid, reviewer="ana", verdict=verdict, corrected_label=corrected,
+                      timestamp=ts)
+
+
+def run(*events):
+    """Apply events in order; return the final entry and the kinds of changes."""
+    entry, kinds = None, []
+    apply = {PredictionEvent: apply_prediction, LabelEvent: apply_label, ReviewFlag: apply_review}
+    for event in events:
+        entry, change = apply[type(event)](entry, event)
+        kinds.append(change.kind)
+    return entry, kinds
+
+
+def test_label_after_prediction_gives_revision_one():
+    entry, kinds = run(pred("yes"), label("no"))
+    assert kinds == ["pending", "revised"]
+    o = outcome(entry)
+    assert (o["label"], o["correct"], o["label_source"], o["revision"]) == ("no", False, "label", 1)
+    assert o["predicted_at"] == "2026-11-22T10:00:00+00:00"
+    assert o["labeled_at"] == "2026-11-22T11:00:00+00:00"
+
+
+def test_label_before_prediction_waits_for_it():
+    entry, kinds = run(label("yes"), pred("yes"))
+    assert kinds == ["pending", "revised"]
+    assert entry.verdict.correct is True and entry.revision == 1
+
+
+def test_agreeing_duplicate_label_changes_nothing():
+    entry, kinds = run(pred("yes"), label("no"), label("no", ts="2026-11-23T00:00:00Z"))
+    assert kinds[-1] == "unchanged" and entry.revision == 1
+
+
+def test_disagreeing_label_revises_once():
+    entry, kinds = run(pred("yes"), label("no"), label("yes"))
+    assert kinds == ["pending", "revised", "revised"]
+    assert entry.revision == 2 and entry.verdict.correct is True
+
+
+def test_labels_outrank_reviews_in_either_order():
+    first, _ = run(pred("yes"), label("no"), review("correct"))
+    second, kinds = run(pred("yes"), review("correct"), label("no"))
+    assert first.verdict.label == second.verdict.label == "no"
+    assert first.verdict.source == second.verdict.source == "label"
+    assert kinds == ["pending", "revised", "revised"] and second.revision == 2
+
+
+def test_agreeing_label_after_review_keeps_the_outcome():
+    entry, kinds = run(pred("yes"), review("correct"), label("yes"))
+    assert kinds[-1] == "unchanged" and entry.revision == 1 and entry.verdict.source == "review"
+
+
+def test_review_verdicts():
+    ok, _ = run(pred("yes"), review("correct"))
+    assert (ok.verdict.label, ok.verdict.correct) == ("yes", True)
+    fixed, _ = run(pred("yes"), review("error", "no"))
+    assert (fixed.verdict.label, fixed.verdict.correct) == ("no", False)
+    unknown, _ = run(pred("yes"), review("error"))
+    assert (unknown.verdict.label, unknown.verdict.correct) == (None, False)
+
+
+def test_canonical_class_comparison():
+    entry, _ = run(pred(1), label("1"))
+    assert entry.verdict.correct is True
+    entry, _ = run(pred(True), label("true"))
+    assert entry.verdict.correct is True
+    assert class_key(False) == "false"
+
+
+def test_regression_has_no_correctness_and_needs_a_number():
+    entry, _ = run(pred(2.5), label(3))
+    assert entry.verdict.correct is None and entry.verdict.label == 3
+    entry, kinds = run(pred(2.5), label("three"))
+    assert kinds[-1] == "invalid" and entry.verdict is None
+
+
+def test_a_prediction_drops_earlier_truth_it_cannot_use():
+    entry, change = apply_label(None, label("x"))
+    entry, change = apply_prediction(entry, pred(2.5))
+    assert (change.kind, change.dropped) == ("pending", 1)
+    assert entry.prediction is not None and entry.label is None
+
+
+def test_duplicate_and_conflicting_predictions():
+    entry, kinds = run(pred("yes"), pred("yes"))
+    assert kinds == ["pending", "duplicate"]
+    entry, kinds = run(pred("yes"), pred("no"))
+    assert kinds == ["pending", "conflict"] and entry.prediction.prediction == "yes"
+
+
+@pytest.mark.parametrize("events", [
+    (pred("yes", scores={"yes": 0.8, "no": 0.2}, tags={"r": "eu"}), label("no"), review("error")),
+    (label(2),),
+    (pred(1.5), review("correct")),
+])
+def test_entry_round_trips_through_its_list_form(events):
+    entry, _ = run(*events)
+    assert Entry.from_list(entry.to_list()) == entry
