@@ -1,0 +1,93 @@
+"""`feedback-loop up` stopped by SIGINT and SIGTERM, five times each: nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from feedback_loop.runtime.processes import port_is_free
+
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_up(tmp: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDBACK_LOOP_")}
+    env["FEEDBACK_LOOP_BROKER_REBALANCE_TIMEOUT"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "feedback_loop", "up", "--web-port", "0", "--partitions", "2",
+         "--data-dir", str(tmp)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+    lines: dict[str, str] = {}
+    deadline = time.monotonic() + START_TIMEOUT
+    assert proc.stdout is not None
+    while "web" not in lines:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"up did not print its addresses (exit {proc.poll()}); got {lines}; "
+                        f"logs in {tmp / 'logs'}")
+        line = proc.stdout.readline()
+        if ": " in line:
+            name, value = line.strip().split(": ", 1)
+            lines[name] = value
+    return proc, lines
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_up_stops_cleanly_five_times(tmp_path: Path, signum: int) -> None:
+    for round_ in range(5):
+        data_dir = tmp_path / f"run{round_}"
+        proc, lines = start_up(data_dir)
+        try:
+            kafka_port = int(lines["kafka"].rsplit(":", 1)[1])
+            redis_port = int(lines["redis"].rsplit(":", 1)[1].split("/")[0])
+            web_port = int(lines["web"].rsplit(":", 1)[1])
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=10) as resp:
+                assert resp.status == 200
+            family = descendants(proc.pid)
+            assert len(family) >= 3, f"expected broker, redis and worker below up, got {family}"
+            proc.send_signal(signum)
+            assert proc.wait(timeout=STOP_TIMEOUT) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in family if alive(p)], "processes outlived `up`"
+        for port in (kafka_port, redis_port, web_port):
+            assert port_is_free("127.0.0.1", port), f"port {port} still taken after round {round_}"
