@@ -1,0 +1,46 @@
+"""Settings from the environment, flags over them, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from feedback_loop import cli
+from feedback_loop.settings import Settings
+
+
+def test_environment_then_flags(monkeypatch):
+    monkeypatch.setenv("FEEDBACK_LOOP_KAFKA_BOOTSTRAP", "kafka:9092")
+    monkeypatch.setenv("FEEDBACK_LOOP_PARTITIONS", "4")
+    args = cli.build_parser().parse_args(["up", "--partitions", "2"])
+    settings = cli.load_settings(args)
+    assert settings.kafka_bootstrap == "kafka:9092" and settings.partitions == 2
+
+
+def test_settings_round_trip_through_the_environment(monkeypatch):
+    original = Settings(kafka_bootstrap="k:1", redis_url="redis://r:2/0", topic_prefix="x.", partitions=3)
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
+
+
+def test_a_bad_setting_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setenv("FEEDBACK_LOOP_PARTITIONS", "zero")
+    assert cli.main(["worker"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("feedback-loop: error: setting partitions (FEEDBACK_LOOP_PARTITIONS or --partitions)")
+    assert "\n" not in err
+
+
+def test_worker_without_servers_says_what_to_do(monkeypatch, capsys):
+    for name in ("FEEDBACK_LOOP_KAFKA_BOOTSTRAP", "FEEDBACK_LOOP_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["worker"]) == 1
+    assert "feedback-loop up" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["up", "worker", "web", "replay", "schema", "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: feedback-loop" in capsys.readouterr().out
