@@ -21,10 +21,11 @@ from redis.asyncio import Redis
 from feedback_loop.errors import BrokerUnavailableError
 from feedback_loop.kafka_admin import wait_for_kafka
 from feedback_loop.settings import Settings
-from streams.snapshots import read_counters, read_snapshots
+from streams.snapshots import SnapshotReader, read_counters
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
+SNAPSHOTS = web.AppKey("snapshots", SnapshotReader)
 
 _GAUGES = ("count", "correct", "accuracy", "predictions", "label_coverage", "expired_unlabeled",
            "precision_macro", "recall_macro", "f1_macro", "log_loss", "brier", "mae", "rmse",
@@ -64,7 +65,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def api_models(request: web.Request) -> web.Response:
-    return _json(await read_snapshots(request.app[REDIS], request.app[SETTINGS]))
+    snapshots, _ = await request.app[SNAPSHOTS].read()
+    return _json(snapshots)
 
 
 class _SnapshotCollector:
@@ -98,8 +100,8 @@ class _SnapshotCollector:
 
 async def prometheus(request: web.Request) -> web.Response:
     settings, redis = request.app[SETTINGS], request.app[REDIS]
-    snapshots, counters, beats = await asyncio.gather(
-        read_snapshots(redis, settings), read_counters(redis, settings), workers(redis, settings))
+    (snapshots, _), counters, beats = await asyncio.gather(
+        request.app[SNAPSHOTS].read(), read_counters(redis, settings), workers(redis, settings))
     registry = CollectorRegistry()
     registry.register(_SnapshotCollector(snapshots, counters, beats))  # type: ignore[arg-type]
     return web.Response(body=generate_latest(registry),
@@ -112,6 +114,7 @@ def create_web_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[REDIS] = Redis.from_url(settings.redis_url)
+    app[SNAPSHOTS] = SnapshotReader(app[REDIS], settings)
 
     async def _close(app: web.Application) -> None:
         await app[REDIS].aclose()

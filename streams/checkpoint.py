@@ -8,6 +8,7 @@ Layout (``ns`` is ``Settings.redis_namespace``)::
     {ns}:meta:{p}     hash  offsets / watermark / counters
     {ns}:owner:{p}    string  token of the worker that owns the partition
     {ns}:partitions   set   partitions that have state
+    {ns}:version      int   bumped by every checkpoint, so readers can skip unchanged state
 
 A worker :meth:`~CheckpointStore.claim`\\ s a partition before loading it; every
 :meth:`~CheckpointStore.save` is a MULTI/EXEC guarded by WATCH on the owner key, so a worker that
@@ -96,6 +97,7 @@ class CheckpointStore:
                 if changes.window_set:
                     pipe.hset(win_key, mapping=changes.window_set)
                 pipe.hset(meta_key, mapping=changes.meta)
+                pipe.incr(self.settings.key("version"))
                 await pipe.execute()
         except WatchError:
             raise OwnershipLostError(f"partition {p} was claimed by another worker during a save") from None
@@ -106,5 +108,5 @@ def reset_join_state(client: "SyncRedis", settings: Settings) -> int:
     """Delete every partition checkpoint and snapshot (the input topics were created anew)."""
     patterns = [settings.key(kind, "*") for kind in ("join", "agg", "win", "meta", "owner")]
     keys = [k for pattern in patterns for k in client.scan_iter(match=pattern, count=500)]
-    keys += [settings.key("partitions"), settings.key("snapshots")]
+    keys += [settings.key("partitions"), settings.key("snapshots"), settings.key("version")]
     return int(client.delete(*keys)) if keys else 0

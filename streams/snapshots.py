@@ -97,6 +97,24 @@ async def read_snapshots(redis: Redis, settings: Settings) -> list[dict[str, Any
     return merge(await read_views(redis, settings), settings.rolling_window)
 
 
+class SnapshotReader:
+    """Reads the live snapshots, recomputing them only when a checkpoint changed the state."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis, self.settings = redis, settings
+        self._version: bytes | None = None
+        self._snapshots: list[dict[str, Any]] = []
+
+    async def read(self) -> tuple[list[dict[str, Any]], bool]:
+        """The snapshots, and whether they were recomputed since the last call."""
+        version = await self.redis.get(self.settings.key("version"))
+        if version is not None and version == self._version:
+            return self._snapshots, False
+        self._snapshots = await read_snapshots(self.redis, self.settings)
+        self._version = version
+        return self._snapshots, True
+
+
 async def read_counters(redis: Redis, settings: Settings) -> dict[str, int]:
     """The partitions' counters summed (orphan labels, duplicates, dead letters, ...)."""
     members = await _members(redis, settings)
