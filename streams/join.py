@@ -6,10 +6,14 @@ The rules (``DESIGN.md``, "Join semantics"):
 * a prediction has at most one outcome at a time; truth that arrives again and agrees changes
   nothing; truth that disagrees revises the outcome (``revision`` grows by one);
 * ground-truth labels outrank reviewer verdicts; among labels (and among verdicts) the one that
-  arrived last wins; a verdict of ``"correct"`` confirms the prediction; ``"error"`` without a
-  corrected label marks it wrong with the true class unknown;
+  arrived last wins, except that a label agreeing with the one held changes nothing (the first
+  keeps its time and spelling); a verdict of ``"correct"`` confirms the prediction; ``"error"``
+  without a corrected label marks it wrong with the true class unknown;
+* the first ground-truth label after a reviewer's verdict revises the outcome even when it agrees
+  (``label_source`` becomes ``"label"``), so the final outcome never depends on the order in
+  which a worker happened to read the labels and review-flags topics;
 * class labels compare by their canonical text (:func:`class_key`), so a label ``"1"`` confirms a
-  prediction ``1`` and ``true`` matches ``"true"``; when the true class is known, ``correct`` is
+  prediction ``1`` and ``true`` matches ``"true"`` (numbers also compare by value: ``2 == 2.0``); when the true class is known, ``correct`` is
   ``label == prediction`` (even for an "error" verdict whose corrected label equals the prediction);
 * a float prediction is a regression: its label must be a number and ``correct`` is ``None``.
 
@@ -36,8 +40,11 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
+
+import orjson
 
 from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag
 
@@ -55,6 +62,27 @@ def class_key(value: Target) -> str:
     return str(value)
 
 
+def same_label(a: Target | None, b: Target | None) -> bool:
+    """Whether two labels name the same truth.
+
+    >>> same_label(1, "1"), same_label(2, 2.0), same_label(True, 1), same_label(None, None)
+    (True, True, False, True)
+    """
+    if a is None or b is None:
+        return a is None and b is None
+    if class_key(a) == class_key(b):
+        return True
+    return _is_number(a) and _is_number(b) and float(a) == float(b)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _features_digest(features: dict[str, Any]) -> str:
+    return hashlib.blake2b(orjson.dumps(features, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+
+
 def is_regression(prediction: Target) -> bool:
     """A float prediction is a regression; strings, ints and bools are class labels."""
     return isinstance(prediction, float)
@@ -62,7 +90,8 @@ def is_regression(prediction: Target) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """What the join keeps of a prediction (its features are not needed here)."""
+    """What the join keeps of a prediction: its features only as a digest, to tell a
+    re-sent prediction from a different one under the same id."""
 
     model: str
     model_version: str
@@ -71,14 +100,22 @@ class Prediction:
     predicted_at_iso: str
     tags: dict[str, str]
     scores: dict[str, float] | None
+    features_digest: str = ""
 
     @classmethod
     def from_event(cls, event: PredictionEvent) -> Prediction:
         return cls(
             event.model, event.model_version, event.prediction, event.timestamp.timestamp(),
             event.timestamp.isoformat(), dict(event.tags),
-            None if event.scores is None else dict(event.scores),
+            None if event.scores is None else dict(event.scores), _features_digest(event.features),
         )
+
+    def same_as(self, other: Prediction) -> bool:
+        """Same prediction, whatever the spelling of its timestamp."""
+        return (self.model, self.model_version, type(self.prediction), self.prediction, self.predicted_at,
+                self.tags, self.scores, self.features_digest) == (
+            other.model, other.model_version, type(other.prediction), other.prediction,
+            other.predicted_at, other.tags, other.scores, other.features_digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +141,9 @@ class Verdict:
     labeled_at_iso: str
 
     def agrees_with(self, other: Verdict | None) -> bool:
-        """Same truth, whatever its source or time."""
-        if other is None:
-            return False
-        mine = None if self.label is None else _truth_key(self.label)
-        theirs = None if other.label is None else _truth_key(other.label)
-        return mine == theirs and self.correct == other.correct
-
-
-def _truth_key(label: Target) -> Any:
-    return float(label) if isinstance(label, float) else class_key(label)
+        """Same truth from the same kind of source, whatever its time or spelling."""
+        return (other is not None and self.source == other.source and self.correct == other.correct
+                and same_label(self.label, other.label))
 
 
 @dataclass(slots=True)
@@ -134,7 +164,7 @@ class Entry:
         return [
             self.prediction_id,
             None if p is None else [p.model, p.model_version, p.prediction, p.predicted_at,
-                                    p.predicted_at_iso, p.tags, p.scores],
+                                    p.predicted_at_iso, p.tags, p.scores, p.features_digest],
             None if self.label is None else _truth_list(self.label),
             None if self.review is None else _truth_list(self.review),
             None if self.verdict is None else [self.verdict.label, self.verdict.correct,
@@ -243,7 +273,7 @@ def apply_prediction(entry: Entry | None, event: PredictionEvent) -> tuple[Entry
     """Apply a prediction; a repeated identical prediction changes nothing."""
     record = Prediction.from_event(event)
     if entry is not None and entry.prediction is not None:
-        if entry.prediction == record:
+        if entry.prediction.same_as(record):
             return entry, Change("duplicate")
         return entry, Change(
             "conflict",
@@ -264,8 +294,10 @@ def apply_prediction(entry: Entry | None, event: PredictionEvent) -> tuple[Entry
 
 
 def apply_label(entry: Entry | None, event: LabelEvent) -> tuple[Entry | None, Change]:
-    """Apply a ground-truth label: it replaces any earlier label and outranks verdicts."""
+    """Apply a ground-truth label: it replaces a disagreeing earlier label and outranks verdicts."""
     at = event.timestamp.timestamp()
+    if entry is not None and entry.label is not None and same_label(entry.label.label, event.label):
+        return entry, Change("unchanged")
     new = _copy(entry, event.prediction_id, at)
     new.label = Truth("label", event.label, at, event.timestamp.isoformat())
     return _settle(new, entry)
@@ -274,6 +306,9 @@ def apply_label(entry: Entry | None, event: LabelEvent) -> tuple[Entry | None, C
 def apply_review(entry: Entry | None, event: ReviewFlag) -> tuple[Entry | None, Change]:
     """Apply a reviewer's verdict: it counts only while no ground-truth label is known."""
     at = event.timestamp.timestamp()
+    held = None if entry is None else entry.review
+    if held is not None and held.verdict == event.verdict and same_label(held.label, event.corrected_label):
+        return entry, Change("unchanged")
     new = _copy(entry, event.prediction_id, at)
     new.review = Truth("review", event.corrected_label, at, event.timestamp.isoformat(),
                        event.verdict, event.reviewer)

@@ -38,8 +38,11 @@ def build_app(settings: Settings) -> faust.App:
         """Liveness for /healthz: which worker holds which partitions and when it last worked."""
         loop_now = app.loop.time()
         last = activity["last_event_at"]
+        inputs = set(settings.topics[:3])
+        assigned = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in inputs})
         beat = {"worker": store.owner, "pid": os.getpid(), "host": socket.gethostname(),
-                "started_at": started, "at": time.time(), "partitions": states.owned(),
+                "started_at": started, "at": time.time(), "partitions": assigned,
+                "loaded_partitions": states.owned(),
                 "events": activity["events"],
                 "idle_seconds": None if last is None else round(loop_now - last, 3)}
         await redis.set(settings.key("workers", store.owner), orjson.dumps(beat),

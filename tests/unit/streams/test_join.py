@@ -66,9 +66,25 @@ def test_labels_outrank_reviews_in_either_order():
     assert kinds == ["pending", "revised", "revised"] and second.revision == 2
 
 
-def test_agreeing_label_after_review_keeps_the_outcome():
+def test_a_label_after_an_agreeing_review_takes_over_the_source():
     entry, kinds = run(pred("yes"), review("correct"), label("yes"))
-    assert kinds[-1] == "unchanged" and entry.revision == 1 and entry.verdict.source == "review"
+    assert kinds[-1] == "revised" and entry.revision == 2
+    assert (entry.verdict.source, entry.verdict.labeled_at_iso) == ("label", "2026-11-22T11:00:00+00:00")
+    other, _ = run(pred("yes"), label("yes"), review("correct"))
+    assert other.verdict == entry.verdict
+
+
+def test_an_agreeing_label_keeps_the_first_time_and_spelling_in_any_order():
+    late = label("2", ts="2026-11-22T12:00:00Z")
+    before, _ = run(label(2), late, pred(2))
+    after, kinds = run(pred(2), label(2), late)
+    assert before.verdict == after.verdict and kinds[-1] == "unchanged"
+    assert (after.verdict.label, after.verdict.labeled_at_iso) == (2, "2026-11-22T11:00:00+00:00")
+
+
+def test_an_agreeing_review_changes_nothing():
+    entry, kinds = run(pred("yes"), review("error", "no"), review("error", "no", ts="2026-11-22T11:30:00Z"))
+    assert kinds[-1] == "unchanged" and entry.verdict.labeled_at_iso == "2026-11-22T10:30:00+00:00"
 
 
 def test_review_verdicts():
@@ -103,10 +119,13 @@ def test_a_prediction_drops_earlier_truth_it_cannot_use():
 
 
 def test_duplicate_and_conflicting_predictions():
-    entry, kinds = run(pred("yes"), pred("yes"))
+    entry, kinds = run(pred("yes"), pred("yes", ts="2026-11-22T11:00:00+01:00"))
     assert kinds == ["pending", "duplicate"]
-    entry, kinds = run(pred("yes"), pred("no"))
-    assert kinds == ["pending", "conflict"] and entry.prediction.prediction == "yes"
+    for other in (pred("no"), pred(1), pred("yes", tags={"r": "eu"})):
+        entry, kinds = run(pred("yes"), other)
+        assert kinds == ["pending", "conflict"] and entry.prediction.prediction == "yes"
+    changed_features = PredictionEvent(**{**pred("yes").model_dump(), "features": {"x": 2}})
+    assert run(pred("yes"), changed_features)[1] == ["pending", "conflict"]
 
 
 @pytest.mark.parametrize("events", [
