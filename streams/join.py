@@ -41,7 +41,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Union
 
 import orjson

@@ -13,35 +13,10 @@ from pathlib import Path
 import pytest
 
 from feedback_loop.runtime.processes import port_is_free
+from support.procs import descendants, pid_gone
 
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def start_up(tmp: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -86,8 +61,8 @@ def test_up_stops_cleanly_five_times(tmp_path: Path, signum: int) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         deadline = time.monotonic() + 5
-        while any(alive(p) for p in family) and time.monotonic() < deadline:
+        while not all(pid_gone(p) for p in family) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [p for p in family if alive(p)], "processes outlived `up`"
+        assert not [p for p in family if not pid_gone(p)], "processes outlived `up`"
         for port in (kafka_port, redis_port, web_port):
             assert port_is_free("127.0.0.1", port), f"port {port} still taken after round {round_}"

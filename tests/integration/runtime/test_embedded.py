@@ -25,32 +25,9 @@ from feedback_loop.runtime.embedded import EmbeddedServers
 from feedback_loop.runtime.processes import free_port, port_is_free
 from feedback_loop.settings import TOPIC_NAMES
 
+from support.procs import pid_gone, wait_until
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-def pid_gone(pid: int) -> bool:
-    """True when ``pid`` does not exist or is a zombie (dead, not yet reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 @pytest.fixture
