@@ -6,7 +6,8 @@ stream produced with a plain Kafka client, and every output compared with an off
 * ``dead-letters``: exactly one per malformed message, naming where it came from, its raw bytes
   and why;
 * ``GET /api/models``: every snapshot, both windows, equal to the reference metrics;
-* ``GET /metrics``: Prometheus text agreeing with the API.
+* ``GET /metrics``: Prometheus text agreeing with the API;
+* the ``metrics`` topic: its latest snapshot of every model version and segment has the API's counts.
 
 Expiry is made deterministic by a TTL longer than the stream and, once the worker consumed
 everything, one far-future sentinel prediction per partition: every partition's watermark then
@@ -298,6 +299,34 @@ def totals(snaps: list[dict[str, Any]]) -> dict[str, int]:
             "orphan_labels": max((s["orphan_labels"] for s in whole), default=0)}
 
 
+def check_metrics_topic(settings: Settings, api: list[dict[str, Any]], problems: Problems) -> None:
+    """The ``metrics`` topic ends with the API's snapshots (the leader publishes what changed)."""
+    def ident(snap: dict[str, Any]) -> tuple[str, str, str, str]:
+        return snap["model"], snap["model_version"], json.dumps(snap["segment"], sort_keys=True), snap["window"]
+
+    expected = {ident(s): s for s in api if s["model"] != SENTINEL}
+    reader = TopicReader(settings, "metrics")
+    last: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    read = [0]
+
+    def settled() -> bool:
+        reader.catch_up()
+        for record in reader.records[read[0]:]:
+            read[0] += 1
+            snap = json.loads(record.value)
+            last[ident(snap)] = snap
+            if record.key != snap["model"].encode():
+                problems.add("metrics topic", f"key {record.key!r} is not the model {snap['model']!r}")
+        return all(last.get(k, {}).get(f) == v.get(f) for k, v in expected.items() for f in COUNT_FIELDS)
+
+    try:
+        wait_for("the metrics topic to carry the final snapshots", settled, timeout=30, interval=0.5)
+    except AssertionError as exc:
+        problems.add("metrics topic", str(exc).splitlines()[0])
+    finally:
+        reader.close()
+
+
 def finish_and_check(settings: Settings, workers: list[WorkerProcess], web: WebServer, messages: list[Msg],
                      metas: list[Any], ref: reference.Reference, *, allow_redelivery: bool,
                      timings: dict[str, float]) -> None:
@@ -344,6 +373,7 @@ def finish_and_check(settings: Settings, workers: list[WorkerProcess], web: WebS
                                            skip_models=[SENTINEL]), problems, "reference")
     check_snapshots(api, observed_metrics(ref, finals, window), problems, "published outcomes")
     check_prometheus(web, api, problems)
+    check_metrics_topic(settings, api, problems)
     status, body = web.get("/healthz")
     if status != 200:
         problems.add("/healthz", f"HTTP {status}: {body[:300]!r}")
