@@ -179,7 +179,11 @@ def _supervised(settings: Settings, args: argparse.Namespace, body: Callable[[An
 async def _serve(stack: Any, settings: Settings, host: str, port: int) -> None:
     from feedback_loop.web import start_web
 
-    runner, bound = await start_web(settings, host, port)
+    try:
+        runner, bound = await start_web(settings, host, port)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}; "
+                                 "pick another --web-port (0 picks a free one)") from None
     try:
         print(f"kafka: {settings.kafka_bootstrap}", flush=True)
         print(f"redis: {settings.redis_url}", flush=True)
@@ -193,8 +197,13 @@ async def _serve(stack: Any, settings: Settings, host: str, port: int) -> None:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from feedback_loop.runtime.processes import port_is_free
+
     if not 0 <= args.web_port <= 65535:
         raise ConfigurationError(f"--web-port must be between 0 and 65535, got {args.web_port}")
+    if args.web_port and not port_is_free(args.web_host, args.web_port):
+        raise ConfigurationError(f"port {args.web_port} on {args.web_host} is taken; "
+                                 "pick another --web-port (0 picks a free one)")
     return _supervised(settings, args, lambda stack, resolved: asyncio.run(
         _serve(stack, resolved, args.web_host, args.web_port)), workers=args.workers)
 

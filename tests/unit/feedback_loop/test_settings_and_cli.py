@@ -44,3 +44,14 @@ def test_every_command_has_help(command, capsys):
         cli.main([command, "--help"])
     assert info.value.code == 0
     assert "usage: feedback-loop" in capsys.readouterr().out
+
+
+def test_up_refuses_a_taken_web_port_before_starting_anything(capsys):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert cli.main(["up", "--web-port", str(port)]) == 1
+    assert f"port {port} on 127.0.0.1 is taken" in capsys.readouterr().err
