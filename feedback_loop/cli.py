@@ -104,6 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="event-time step between rows without a timestamp (default 1)")
     p.add_argument("--rate", type=float, default=0.0, help="messages per second (default: as fast as possible)")
 
+    p = sub.add_parser("alerts", help="an alert consumer: print, POST to a webhook, or push to Redis",
+                       description="Consume drift-alerts and deliver each alert once: printed, POSTed to a "
+                                   "webhook (retries with backoff; header Idempotency-Key: <alert_id>), or "
+                                   "pushed to a Redis list. Alerts already delivered by this sink are skipped; "
+                                   "undeliverable ones are kept in Redis and listed by "
+                                   "GET /api/alerts/undeliverable.",
+                       epilog="example: feedback-loop alerts --kafka localhost:9092 --redis redis://localhost:6379/0 "
+                              "--sink webhook --url https://hooks.example/feedback\n\n" + EPILOG_SETTINGS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--sink", choices=["print", "webhook", "redis"], default="print", help="where alerts go (default print)")
+    p.add_argument("--url", help="webhook URL (with --sink webhook)")
+    p.add_argument("--redis-key", help="Redis list to push to (with --sink redis; default <namespace>:alerts:inbox)")
+    p.add_argument("--json", dest="json_lines", action="store_true", help="print raw JSON lines (with --sink print)")
+    p.add_argument("--group-id", default="feedback-loop-alerts",
+                   help="consumer group; one per sink (default feedback-loop-alerts)")
+    p.add_argument("--sink-name", help="name under which deliveries are remembered; give each of several "
+                                       "sinks of one kind its own (default: the sink kind)")
+
     p = sub.add_parser("schema", help="print the JSON Schemas of all events",
                        description="Print the JSON Schema of every topic's values as one JSON object "
                                    "keyed by topic, or of one topic with --topic.")
@@ -218,12 +237,8 @@ def _require_servers(settings: Settings, command: str) -> None:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _require_servers(settings, "worker")
-    from feedback_loop.kafka_admin import ensure_topics
     from streams.worker import run_worker
 
-    assert settings.kafka_bootstrap
-    ensure_topics(settings.kafka_bootstrap, list(settings.topics), settings.partitions,
-                  settings.replication_factor)
     run_worker(settings)
     return 0
 
@@ -258,6 +273,14 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    _require_servers(settings, "alerts")
+    from consumers.alerts import run_alerts
+
+    return run_alerts(settings, sink=args.sink, url=args.url, redis_key=args.redis_key,
+                      json_lines=args.json_lines, group_id=args.group_id, sink_name=args.sink_name)
+
+
 def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
     from feedback_loop.events import json_schemas
 
@@ -284,8 +307,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
-    "up": cmd_up, "worker": cmd_worker, "web": cmd_web, "replay": cmd_replay, "schema": cmd_schema,
-    "demo": cmd_demo,
+    "up": cmd_up, "worker": cmd_worker, "web": cmd_web, "replay": cmd_replay, "alerts": cmd_alerts,
+    "schema": cmd_schema, "demo": cmd_demo,
 }
 
 

@@ -90,6 +90,33 @@ def live_models(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     return {(s["model"], s["window"]): s for s in asyncio.run(_snapshots(settings)) if not s["segment"]}
 
 
+class AlertFeed:
+    """Prints the drift alerts as they fire (read from the recent-alerts list in Redis)."""
+
+    def __init__(self, settings: Settings, say: Say) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(settings.redis_url or "")
+        self.key = settings.key("alerts", "recent")
+        self.say = say
+        self.seen: set[str] = set()
+        self.fired: list[dict[str, Any]] = []
+
+    def poll(self) -> None:
+        for raw in reversed(self.client.lrange(self.key, 0, 199)):
+            alert = orjson.loads(raw)
+            if alert["alert_id"] in self.seen:
+                continue
+            self.seen.add(alert["alert_id"])
+            self.fired.append(alert)
+            feature = f" [{alert['feature']}]" if alert.get("feature") else ""
+            self.say(f"ALERT {alert['status']} {alert['severity']} {alert['kind']}{feature} at "
+                     f"{alert['detected_at'][:16]}: {alert['message']}")
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -140,10 +167,13 @@ def run_demo(settings: Settings, *, say: Say, pretrain: int = 5000, label_delay:
     total = sum(int(e["count"]) for e in plan.expected.values())
     messages = schedule(plan.events, label_delay=2 * label_delay)
 
+    alerts = AlertFeed(settings, say)
+
     def progress(stats: PublishStats) -> None:
         say(f"published {stats.predictions:,} predictions, {stats.labels:,} labels "
             f"({(stats.predictions + stats.labels) / max(stats.seconds, 1e-9):,.0f} msg/s) | "
             + _progress_line(settings, total))
+        alerts.poll()
 
     assert settings.kafka_bootstrap
     stats = publish(settings.kafka_bootstrap, settings.topics, messages, progress=progress,
@@ -163,14 +193,22 @@ def run_demo(settings: Settings, *, say: Say, pretrain: int = 5000, label_delay:
         if time.monotonic() - last > 2:
             say(_progress_line(settings, total))
             last = time.monotonic()
+        alerts.poll()
         time.sleep(1.0)
+    alerts.poll()
+    alerts.close()
     text, rows = table(settings, plan.expected)
-    report = {"expected": plan.expected, "live": rows,
+    report = {"expected": plan.expected, "live": rows, "alerts": alerts.fired,
               "published": {"predictions": stats.predictions, "labels": stats.labels,
                             "seconds": stats.seconds}}
     path = Path(settings.data_dir) / "demo-report.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    firing = [a for a in alerts.fired if a["status"] == "firing"]
+    by_kind: dict[str, int] = {}
+    for a in firing:
+        by_kind[a["kind"]] = by_kind.get(a["kind"], 0) + 1
+    text += "\n\nDrift alerts fired: " + (", ".join(f"{n} {k}" for k, n in sorted(by_kind.items())) or "none")
     report["table"] = text
     report["path"] = str(path)
     return report

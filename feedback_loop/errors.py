@@ -39,3 +39,7 @@ class StoreUnavailableError(FeedbackLoopError):
 
 class OwnershipLostError(FeedbackLoopError):
     """Another worker took over a partition while this one was checkpointing it."""
+
+
+class CheckpointIntegrityError(FeedbackLoopError):
+    """A stored checkpoint is unsigned, tampered with, or was written by other library versions."""

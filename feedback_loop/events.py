@@ -130,6 +130,8 @@ class MetricsSnapshot(Event):
     rmse: float | None = None
     label_delay_p50: float | None = None
     label_delay_p95: float | None = None
+    estimated_accuracy: float | None = Field(
+        None, description="confidence-based accuracy estimate of the latest window, before labels")
 
 
 class DriftAlert(Event):

@@ -15,10 +15,11 @@ Examples
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TOPIC_NAMES = (
@@ -31,6 +32,7 @@ TOPIC_NAMES = (
     "review-queue",
     "model-updates",
     "dead-letters",
+    "monitor-input",  # internal: compact predictions and outcomes keyed by model version
 )
 
 
@@ -46,6 +48,7 @@ class Topics(NamedTuple):
     review_queue: str
     model_updates: str
     dead_letters: str
+    monitor_input: str
 
 
 class Settings(BaseSettings):
@@ -86,6 +89,27 @@ class Settings(BaseSettings):
     batch_within_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
     metrics_interval_seconds: float = Field(1.0, gt=0, description="How often merged metrics are published.")
 
+    # Drift detection and alerts
+    concept_detector: Literal["adwin", "ddm", "page_hinkley", "kswin"] = Field(
+        "adwin", description="River detector on each model version's error stream.")
+    concept_detector_params: dict[str, Any] = Field(
+        default_factory=dict, description='Keyword arguments of the detector, e.g. {"delta": 0.002}.')
+    concept_detectors: dict[str, str] = Field(
+        default_factory=dict, description='Per-model detector choice, e.g. {"churn": "ddm"}.')
+    concept_resolve_samples: int = Field(
+        1000, ge=1, description="Outcomes without a new change after which a concept drift is resolved.")
+    drift_reference_size: int = Field(1000, ge=20, description="Predictions in a data-drift reference window.")
+    drift_window_size: int = Field(500, ge=10, description="Predictions in each compared window.")
+    drift_false_alarm_rate: float = Field(
+        0.01, gt=0, lt=0.5, description="Wanted false-alarm rate per window on unchanged data.")
+    estimate_window_size: int = Field(1000, ge=10, description="Predictions per estimated-accuracy window.")
+    estimate_min_drop: float = Field(
+        0.05, gt=0, lt=1, description="Estimated-accuracy drop below the first estimate that raises an alert.")
+    alert_cooldown_seconds: float = Field(
+        3600.0, ge=0, description="Event-time seconds before a resolved alert may fire again.")
+    signing_key: SecretStr | None = Field(
+        None, description="Secret signing detector checkpoints (HMAC-SHA256); required by `worker`.")
+
     # Faust / consumer
     broker_rebalance_timeout: float = Field(5.0, gt=0, description="Consumer-group rebalance timeout (s).")
     broker_session_timeout: float = Field(10.0, gt=0)
@@ -124,6 +148,10 @@ class Settings(BaseSettings):
         """Environment variables that reproduce these settings in a child process."""
         env: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
-            if value is not None:
-                env[f"FEEDBACK_LOOP_{name.upper()}"] = str(value)
+            if name == "signing_key" and self.signing_key is not None:
+                value = self.signing_key.get_secret_value()
+            if value is None:
+                continue
+            env[f"FEEDBACK_LOOP_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, (dict, list)) else str(value))
         return env

@@ -7,6 +7,7 @@ Every child dies with this process (see :func:`feedback_loop.runtime.processes.s
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Callable, Mapping
 
 import orjson
 import redis
+from pydantic import SecretStr
 
 from feedback_loop.errors import RuntimeStartError
 from feedback_loop.kafka_admin import ensure_topics, wait_for_kafka
@@ -67,6 +69,9 @@ class LocalStack:
             self.resolved = s.model_copy(update={
                 "kafka_bootstrap": s.kafka_bootstrap or self.servers.bootstrap,
                 "redis_url": s.redis_url or self.servers.redis_url})
+        if self.resolved.signing_key is None:
+            # A key for this run only: the embedded broker's topics do not outlive it either.
+            self.resolved = self.resolved.model_copy(update={"signing_key": SecretStr(secrets.token_hex(32))})
         r = self.resolved
         assert r.kafka_bootstrap and r.redis_url
         wait_for_kafka(r.kafka_bootstrap, 30)

@@ -5,6 +5,8 @@ Routes
 ``GET /healthz``      200 when Kafka and Redis answer and at least one worker beat recently, else 503
 ``GET /metrics``      Prometheus text format of the live snapshots and the join counters
 ``GET /api/models``   the live MetricsSnapshots (JSON list), merged from the partitions on read
+``GET /api/alerts``   recent drift alerts (JSON list), newest first (``?limit=N``, default 100)
+``GET /api/alerts/undeliverable``  alerts an alert consumer could not deliver, with the error
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ SNAPSHOTS = web.AppKey("snapshots", SnapshotReader)
 
 _GAUGES = ("count", "correct", "accuracy", "predictions", "label_coverage", "expired_unlabeled",
            "precision_macro", "recall_macro", "f1_macro", "log_loss", "brier", "mae", "rmse",
-           "label_delay_p50", "label_delay_p95")
+           "label_delay_p50", "label_delay_p95", "estimated_accuracy")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -62,6 +64,36 @@ async def healthz(request: web.Request) -> web.Response:
     healthy = checks["redis"] == "ok" and checks["kafka"] == "ok" and checks.get("workers", 0) > 0
     checks["status"] = "ok" if healthy else "unhealthy"
     return _json(checks, 200 if healthy else 503)
+
+
+async def api_alerts(request: web.Request) -> web.Response:
+    settings, redis = request.app[SETTINGS], request.app[REDIS]
+    try:
+        limit = int(request.query.get("limit", "100"))
+        if not 1 <= limit <= 1000:
+            raise ValueError
+    except ValueError:
+        return _json({"error": "limit must be an integer from 1 to 1000"}, 400)
+    raw = await redis.lrange(settings.key("alerts", "recent"), 0, 4 * limit)
+    seen: set[str] = set()
+    alerts = []
+    for item in raw:
+        alert = orjson.loads(item)
+        if alert["alert_id"] not in seen:  # a replayed batch may have stored an alert twice
+            seen.add(alert["alert_id"])
+            alerts.append(alert)
+    return _json(alerts[:limit])
+
+
+async def api_alerts_undeliverable(request: web.Request) -> web.Response:
+    settings, redis = request.app[SETTINGS], request.app[REDIS]
+    out = []
+    for item in await redis.lrange(settings.key("alerts", "undeliverable"), 0, 999):
+        try:
+            out.append(orjson.loads(item))
+        except orjson.JSONDecodeError:
+            out.append({"error": "unreadable entry", "raw": item.decode("utf-8", "replace")})
+    return _json(out)
 
 
 async def api_models(request: web.Request) -> web.Response:
@@ -123,6 +155,8 @@ def create_web_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/api/models", api_models)
+    app.router.add_get("/api/alerts", api_alerts)
+    app.router.add_get("/api/alerts/undeliverable", api_alerts_undeliverable)
     return app
 
 

@@ -10,10 +10,13 @@ from feedback_loop.settings import Settings
 
 def create_app(settings: Settings) -> faust.App:
     """A Faust app for ``settings``, at-least-once (Tansu has no transactions)."""
+    datadir = settings.data_dir / "faust" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         processing_guarantee="at_least_once",

@@ -1,6 +1,6 @@
-"""Partition checkpoints in Redis: join entries, aggregates, offsets, fenced by an owner token.
+"""Partition checkpoints in Redis, fenced by an owner token.
 
-Layout (``ns`` is ``Settings.redis_namespace``)::
+Join state layout (``ns`` is ``Settings.redis_namespace``)::
 
     {ns}:join:{p}     hash  prediction_id -> entry            (streams.join.Entry.to_list)
     {ns}:agg:{p}      hash  [model, version, tag, value] -> aggregate (streams.partition.Aggregate)
@@ -10,23 +10,66 @@ Layout (``ns`` is ``Settings.redis_namespace``)::
     {ns}:partitions   set   partitions that have state
     {ns}:version      int   bumped by every checkpoint, so readers can skip unchanged state
 
-A worker :meth:`~CheckpointStore.claim`\\ s a partition before loading it; every
-:meth:`~CheckpointStore.save` is a MULTI/EXEC guarded by WATCH on the owner key, so a worker that
-lost the partition in a rebalance cannot overwrite the new owner's state: it gets
-:class:`~feedback_loop.errors.OwnershipLostError` instead and must drop its copy.
+Monitor state (``monitor-input`` partitions) lives in ``{ns}:mon:{p}`` (model version -> monitor)
+and ``{ns}:monmeta:{p}``, fenced by ``{ns}:monowner:{p}``.
+
+A worker claims a partition before loading it; every save is a MULTI/EXEC guarded by WATCH on the
+owner key, so a worker that lost the partition in a rebalance cannot overwrite the new owner's
+state: it gets :class:`~feedback_loop.errors.OwnershipLostError` instead and must drop its copy.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Any, Callable
 
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from feedback_loop.errors import OwnershipLostError
 from feedback_loop.settings import Settings
 from streams.partition import PartitionState
+
+
+class Fence:
+    """Claims partitions under one owner key family and writes only while still the owner."""
+
+    def __init__(self, redis: Redis, settings: Settings, owner_kind: str, owner: str) -> None:
+        self.redis, self.settings, self.owner_kind, self.owner = redis, settings, owner_kind, owner
+        self._tokens: dict[int, bytes] = {}
+
+    async def claim(self, partition: int, reads: list[str]) -> list[Any]:
+        """Become the owner of ``partition``; return the HGETALL of each key in ``reads``."""
+        token = f"{self.owner}:{uuid.uuid4().hex[:8]}".encode()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.settings.key(self.owner_kind, partition), token)
+            for key in reads:
+                pipe.hgetall(key)
+            replies = await pipe.execute()
+        self._tokens[partition] = token
+        return replies[1:]
+
+    def release(self, partition: int) -> None:
+        self._tokens.pop(partition, None)
+
+    async def write(self, partition: int, fill: Callable[[Pipeline], None]) -> None:
+        """Run ``fill``'s commands in one transaction, if this worker still owns ``partition``."""
+        owner_key = self.settings.key(self.owner_kind, partition)
+        token = self._tokens.get(partition)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(owner_key)
+                if token is None or await pipe.get(owner_key) != token:
+                    raise OwnershipLostError(f"partition {partition} is owned by another worker now")
+                pipe.multi()
+                fill(pipe)
+                pipe.incr(self.settings.key("version"))
+                await pipe.execute()
+        except WatchError:
+            raise OwnershipLostError(
+                f"partition {partition} was claimed by another worker during a save") from None
 
 
 class CheckpointStore:
@@ -36,11 +79,11 @@ class CheckpointStore:
         self.redis = redis
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex[:12]
-        self._tokens: dict[int, bytes] = {}
+        self.fence = Fence(redis, settings, "owner", self.owner)
 
-    def _keys(self, p: int) -> tuple[str, str, str, str, str]:
+    def _keys(self, p: int) -> tuple[str, str, str, str]:
         k = self.settings.key
-        return k("join", p), k("agg", p), k("win", p), k("meta", p), k("owner", p)
+        return k("join", p), k("agg", p), k("win", p), k("meta", p)
 
     def new_state(self, partition: int) -> PartitionState:
         s = self.settings
@@ -55,58 +98,95 @@ class CheckpointStore:
 
     async def claim(self, partition: int, now: float) -> PartitionState:
         """Take ownership of ``partition`` and load its last checkpoint (``now``: wall time)."""
-        join_key, agg_key, win_key, meta_key, owner_key = self._keys(partition)
-        token = f"{self.owner}:{uuid.uuid4().hex[:8]}".encode()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(owner_key, token)
-            pipe.sadd(self.settings.key("partitions"), partition)
-            pipe.hgetall(join_key)
-            pipe.hgetall(agg_key)
-            pipe.hgetall(meta_key)
-            pipe.hgetall(win_key)
-            _, _, entries, aggregates, meta, windows = await pipe.execute()
+        join_key, agg_key, win_key, meta_key = self._keys(partition)
+        await self.redis.sadd(self.settings.key("partitions"), partition)
+        entries, aggregates, meta, windows = await self.fence.claim(
+            partition, [join_key, agg_key, meta_key, win_key])
         state = self.new_state(partition)
         state.restore(entries, aggregates, meta, windows, now)
-        self._tokens[partition] = token
         return state
 
     def release(self, partition: int) -> None:
         """Forget the token of a partition this worker no longer owns."""
-        self._tokens.pop(partition, None)
+        self.fence.release(partition)
 
     async def save(self, state: PartitionState) -> None:
         """Write the state's changes atomically, if this worker still owns the partition."""
-        p = state.partition
-        token = self._tokens.get(p)
-        join_key, agg_key, win_key, meta_key, owner_key = self._keys(p)
+        join_key, agg_key, win_key, meta_key = self._keys(state.partition)
         changes = state.changes()
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(owner_key)
-                if token is None or await pipe.get(owner_key) != token:
-                    raise OwnershipLostError(f"partition {p} is owned by another worker now")
-                pipe.multi()
-                if changes.entries:
-                    pipe.hset(join_key, mapping=changes.entries)
-                if changes.removed:
-                    pipe.hdel(join_key, *changes.removed)
-                if changes.aggregates:
-                    pipe.hset(agg_key, mapping=changes.aggregates)
-                if changes.window_removed:
-                    pipe.hdel(win_key, *changes.window_removed)
-                if changes.window_set:
-                    pipe.hset(win_key, mapping=changes.window_set)
-                pipe.hset(meta_key, mapping=changes.meta)
-                pipe.incr(self.settings.key("version"))
-                await pipe.execute()
-        except WatchError:
-            raise OwnershipLostError(f"partition {p} was claimed by another worker during a save") from None
+
+        def fill(pipe: Pipeline) -> None:
+            if changes.entries:
+                pipe.hset(join_key, mapping=changes.entries)
+            if changes.removed:
+                pipe.hdel(join_key, *changes.removed)
+            if changes.aggregates:
+                pipe.hset(agg_key, mapping=changes.aggregates)
+            if changes.window_removed:
+                pipe.hdel(win_key, *changes.window_removed)
+            if changes.window_set:
+                pipe.hset(win_key, mapping=changes.window_set)
+            pipe.hset(meta_key, mapping=changes.meta)
+
+        await self.fence.write(state.partition, fill)
         state.mark_clean()
 
 
-def reset_join_state(client: "SyncRedis", settings: Settings) -> int:
+def reset_join_state(client: SyncRedis, settings: Settings) -> int:
     """Delete every partition checkpoint and snapshot (the input topics were created anew)."""
-    patterns = [settings.key(kind, "*") for kind in ("join", "agg", "win", "meta", "owner")]
+    patterns = [settings.key(kind, "*") for kind in
+                ("join", "agg", "win", "meta", "owner", "mon", "monmeta", "monowner", "estimate")]
     keys = [k for pattern in patterns for k in client.scan_iter(match=pattern, count=500)]
-    keys += [settings.key("partitions"), settings.key("snapshots"), settings.key("version")]
+    keys += [settings.key(name) for name in ("partitions", "snapshots", "version", "estimates", "epoch")]
+    keys += [settings.key("alerts", "recent")]
     return int(client.delete(*keys)) if keys else 0
+
+
+class MonitorStore:
+    """Loads and saves :class:`~streams.monitor_state.MonitorPartition` in Redis.
+
+    Besides the monitors it keeps the latest estimated accuracy per model version
+    (``{ns}:estimates``) and the recent alerts (``{ns}:alerts:recent``, newest first, capped).
+    """
+
+    RECENT_ALERTS = 1000
+
+    def __init__(self, redis: Redis, settings: Settings, config: Any, signer: Any, owner: str) -> None:
+        self.redis, self.settings, self.config, self.signer = redis, settings, config, signer
+        self.fence = Fence(redis, settings, "monowner", owner)
+
+    async def epoch(self) -> str:
+        """The deployment's epoch (made on first use, reset with the topics): part of alert ids."""
+        key = self.settings.key("epoch")
+        await self.redis.set(key, uuid.uuid4().hex[:12], nx=True)
+        value = await self.redis.get(key)
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def claim(self, partition: int, now: float) -> Any:
+        from streams.monitor_state import MonitorPartition
+
+        k = self.settings.key
+        monitors, meta = await self.fence.claim(partition, [k("mon", partition), k("monmeta", partition)])
+        state = MonitorPartition(partition, self.config, await self.epoch())
+        state.restore(monitors, meta, self.signer)
+        return state
+
+    def release(self, partition: int) -> None:
+        self.fence.release(partition)
+
+    async def save(self, state: Any) -> None:
+        k = self.settings.key
+        monitors, estimates, meta, alerts = state.changes(self.signer)
+
+        def fill(pipe: Pipeline) -> None:
+            if monitors:
+                pipe.hset(k("mon", state.partition), mapping=monitors)
+            if estimates:
+                pipe.hset(k("estimates"), mapping=estimates)
+            pipe.hset(k("monmeta", state.partition), mapping=meta)
+            if alerts:
+                pipe.lpush(k("alerts", "recent"), *alerts)
+                pipe.ltrim(k("alerts", "recent"), 0, self.RECENT_ALERTS - 1)
+
+        await self.fence.write(state.partition, fill)
+        state.mark_clean()

@@ -83,6 +83,21 @@ def _features_digest(features: dict[str, Any]) -> str:
     return hashlib.blake2b(orjson.dumps(features, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
 
 
+def confidence_of(event: PredictionEvent) -> float | None:
+    """The event's ``confidence``, else the score of its predicted class, else ``None``.
+
+    >>> from feedback_loop.events import PredictionEvent
+    >>> confidence_of(PredictionEvent(prediction_id="p", model="m", model_version="1",
+    ...     timestamp="2026-11-22T10:00:00Z", features={}, prediction=True, scores={"true": 0.7}))
+    0.7
+    """
+    if event.confidence is not None:
+        return event.confidence
+    if event.scores and not is_regression(event.prediction):
+        return event.scores.get(class_key(event.prediction))
+    return None
+
+
 def is_regression(prediction: Target) -> bool:
     """A float prediction is a regression; strings, ints and bools are class labels."""
     return isinstance(prediction, float)
@@ -101,6 +116,7 @@ class Prediction:
     tags: dict[str, str]
     scores: dict[str, float] | None
     features_digest: str = ""
+    confidence: float | None = None
 
     @classmethod
     def from_event(cls, event: PredictionEvent) -> Prediction:
@@ -108,6 +124,7 @@ class Prediction:
             event.model, event.model_version, event.prediction, event.timestamp.timestamp(),
             event.timestamp.isoformat(), dict(event.tags),
             None if event.scores is None else dict(event.scores), _features_digest(event.features),
+            confidence_of(event),
         )
 
     def same_as(self, other: Prediction) -> bool:
@@ -164,7 +181,8 @@ class Entry:
         return [
             self.prediction_id,
             None if p is None else [p.model, p.model_version, p.prediction, p.predicted_at,
-                                    p.predicted_at_iso, p.tags, p.scores, p.features_digest],
+                                    p.predicted_at_iso, p.tags, p.scores, p.features_digest,
+                                    p.confidence],
             None if self.label is None else _truth_list(self.label),
             None if self.review is None else _truth_list(self.review),
             None if self.verdict is None else [self.verdict.label, self.verdict.correct,

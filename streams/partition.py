@@ -31,6 +31,7 @@ from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, dead_l
 from feedback_loop.metrics import Accumulator, RollingWindow, Sample, make_sample
 from streams import join
 from streams.join import Entry
+from streams.observations import outcome_observation, prediction_observation
 
 #: (model, model_version, tag name, tag value); ("", "") for the whole model version.
 AggKey = tuple[str, str, str, str]
@@ -53,7 +54,7 @@ class Record(NamedTuple):
 
 
 class Emit(NamedTuple):
-    """A message to publish: ``kind`` is ``"outcomes"`` or ``"dead-letters"``."""
+    """A message to publish: ``kind`` is ``"outcomes"``, ``"dead-letters"`` or ``"monitor-input"``."""
 
     kind: str
     key: bytes | None
@@ -181,13 +182,24 @@ class PartitionState:
             self.input_seen[kind] = now
         self.entries[pid] = entry
         self._touch(pid, entry)
-        if kind == "predictions" and entry.prediction is not None:
-            for key in segments(entry.prediction):
+        out: list[Emit] = []
+        p = entry.prediction
+        if kind == "predictions" and p is not None:
+            for key in segments(p):
                 self._aggregate(key).predictions += 1
+            out.append(Emit("monitor-input", *prediction_observation(
+                pid, p.model, p.model_version, p.predicted_at, event.features,
+                p.prediction if join.is_regression(p.prediction) else join.class_key(p.prediction),
+                p.confidence)))
         if not change.revised:
-            return []
+            return out
         self._count(entry, change.previous)
-        return [Emit("outcomes", pid.encode(), orjson.dumps(join.outcome(entry)))]
+        assert p is not None and entry.verdict is not None
+        out.append(Emit("outcomes", pid.encode(), orjson.dumps(join.outcome(entry))))
+        out.append(Emit("monitor-input", *outcome_observation(
+            pid, p.model, p.model_version, p.predicted_at, entry.verdict.labeled_at, entry.verdict.correct,
+            p.confidence, entry.revision)))
+        return out
 
     def apply_all(self, records: Iterable[Record], now: float = 0.0) -> list[Emit]:
         """Apply records in order, then expire what the advanced watermark makes due."""

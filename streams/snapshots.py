@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from feedback_loop.metrics import Accumulator, RollingWindow, Sample
 from feedback_loop.settings import Settings
+from streams.observations import SEPARATOR
 from streams.partition import AggKey, decode_agg_key, decode_window_field
 
 
@@ -36,8 +37,13 @@ class PartitionView:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-def merge(views: list[PartitionView], window_size: int, now: datetime | None = None) -> list[dict[str, Any]]:
-    """The MetricsSnapshots (as dicts), cumulative then rolling, for every model version and segment."""
+def merge(views: list[PartitionView], window_size: int, now: datetime | None = None,
+          estimates: dict[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
+    """The MetricsSnapshots (as dicts), cumulative then rolling, for every model version and segment.
+
+    ``estimates`` (model, version) -> the latest estimated accuracy before labels, shown on the
+    whole-version snapshots.
+    """
     keys = sorted({k for v in views for k in v.cumulative})
     orphans = sum(v.counters.get("orphan_labels", 0) for v in views)
     updated_at = (now or datetime.now(timezone.utc)).isoformat()
@@ -57,6 +63,8 @@ def merge(views: list[PartitionView], window_size: int, now: datetime | None = N
             "expired_unlabeled": sum(p["expired_unlabeled"] for p in parts),
             "orphan_labels": orphans, "updated_at": updated_at,
         }
+        if not tag and estimates and (model, version) in estimates:
+            common["estimated_accuracy"] = estimates[(model, version)]
         candidates = [item for v in views for item in v.window.get(key, ())]
         rolling = RollingWindow(window_size)
         for _, _, raw in heapq.nlargest(window_size, candidates, key=lambda t: (t[0], t[1])):
@@ -92,9 +100,20 @@ async def read_views(redis: Redis, settings: Settings) -> list[PartitionView]:
     return views
 
 
+async def read_estimates(redis: Redis, settings: Settings) -> dict[tuple[str, str], float]:
+    """The latest estimated accuracy per model version (written by the drift monitor)."""
+    raw = await redis.hgetall(settings.key("estimates"))
+    out = {}
+    for field_raw, value in raw.items():
+        model, version = field_raw.decode().split(SEPARATOR, 1)
+        out[(model, version)] = orjson.loads(value)["estimated_accuracy"]
+    return out
+
+
 async def read_snapshots(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
     """The live MetricsSnapshots of the deployment."""
-    return merge(await read_views(redis, settings), settings.rolling_window)
+    views = await read_views(redis, settings)
+    return merge(views, settings.rolling_window, estimates=await read_estimates(redis, settings))
 
 
 class SnapshotReader:

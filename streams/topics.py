@@ -20,10 +20,13 @@ class StreamTopics:
     outcomes: faust.TopicT
     metrics: faust.TopicT
     dead_letters: faust.TopicT
+    monitor_input: faust.TopicT
+    drift_alerts: faust.TopicT
 
     def for_kind(self, kind: str) -> faust.TopicT:
-        """The output topic of an emitted message kind (``"outcomes"``, ``"dead-letters"``)."""
-        return {"outcomes": self.outcomes, "dead-letters": self.dead_letters}[kind]
+        """The output topic of an emitted message kind (a contract topic name)."""
+        return {"outcomes": self.outcomes, "dead-letters": self.dead_letters,
+                "monitor-input": self.monitor_input, "drift-alerts": self.drift_alerts}[kind]
 
 
 def declare(app: faust.App, settings: Settings) -> StreamTopics:
@@ -34,4 +37,6 @@ def declare(app: faust.App, settings: Settings) -> StreamTopics:
         outcomes=app.topic(t.outcomes, **_RAW),
         metrics=app.topic(t.metrics, **_RAW),
         dead_letters=app.topic(t.dead_letters, **_RAW),
+        monitor_input=app.topic(t.monitor_input, **_RAW),
+        drift_alerts=app.topic(t.drift_alerts, **_RAW),
     )

@@ -11,40 +11,55 @@ import faust
 import orjson
 from redis.asyncio import Redis
 
+from feedback_loop.errors import ConfigurationError
 from feedback_loop.settings import Settings
-from streams.agents import join, metrics
+from feedback_loop.signing import Signer
+from streams.agents import join, metrics, monitor
 from streams.app import create_app
-from streams.checkpoint import CheckpointStore
+from streams.checkpoint import CheckpointStore, MonitorStore
+from streams.monitor import MonitorConfig
 from streams.topics import declare
 
 HEARTBEAT_SECONDS = 1.0
 
 
+def signer_for(settings: Settings) -> Signer:
+    """The checkpoint signer; a worker refuses to start without a key."""
+    if settings.signing_key is None:
+        raise ConfigurationError(
+            "signing_key is not set: export FEEDBACK_LOOP_SIGNING_KEY (for example "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`); it signs the detector "
+            "checkpoints, and every worker of a deployment needs the same one")
+    return Signer(settings.signing_key.get_secret_value().encode())
+
+
 def build_app(settings: Settings) -> faust.App:
     """The worker's Faust app for ``settings`` (a Kafka bootstrap and a Redis URL must be set)."""
     assert settings.kafka_bootstrap and settings.redis_url, "resolve the servers before building a worker"
+    config = MonitorConfig.from_settings(settings)  # bad detector settings fail here, at startup
+    signer = signer_for(settings)
     app = create_app(settings)
     topics = declare(app, settings)
     redis = Redis.from_url(settings.redis_url)
     store = CheckpointStore(redis, settings)
-    states = join.PartitionStates(store)
-    activity: dict[str, Any] = {"events": 0, "last_event_at": None}
-    join.register(app, settings, topics, states, activity)
+    activity: dict[str, Any] = {"last_event_at": None}
+    join_states = join.register(app, settings, topics, store, activity)
+    monitor_states = monitor.register(app, settings, topics,
+                                      MonitorStore(redis, settings, config, signer, store.owner), activity)
     metrics.register(app, settings, topics, redis)
     started = time.time()
+    inputs = set(settings.topics[:3])
 
     @app.timer(HEARTBEAT_SECONDS)
     async def heartbeat() -> None:
         """Liveness for /healthz: which worker holds which partitions and when it last worked."""
-        loop_now = app.loop.time()
         last = activity["last_event_at"]
-        inputs = set(settings.topics[:3])
         assigned = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in inputs})
         beat = {"worker": store.owner, "pid": os.getpid(), "host": socket.gethostname(),
                 "started_at": started, "at": time.time(), "partitions": assigned,
-                "loaded_partitions": states.owned(),
-                "events": activity["events"],
-                "idle_seconds": None if last is None else round(loop_now - last, 3)}
+                "loaded_partitions": join_states.owned(), "monitor_partitions": monitor_states.owned(),
+                "events": {k: v for k, v in activity.items() if k.endswith("_events")},
+                "idle_seconds": None if last is None else round(app.loop.time() - last, 3)}
         await redis.set(settings.key("workers", store.owner), orjson.dumps(beat),
                         ex=int(max(5, 5 * HEARTBEAT_SECONDS)))
 
@@ -52,7 +67,12 @@ def build_app(settings: Settings) -> faust.App:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run one worker until SIGINT/SIGTERM (blocking)."""
+    """Check the settings, create missing topics, run one worker until SIGINT/SIGTERM (blocking)."""
+    from feedback_loop.kafka_admin import ensure_topics
+
     app = build_app(settings)
+    assert settings.kafka_bootstrap
+    ensure_topics(settings.kafka_bootstrap, list(settings.topics), settings.partitions,
+                  settings.replication_factor)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -50,6 +50,7 @@ def unique_settings(kafka_bootstrap: str, redis_url: str, data_dir: Path, **over
         "shutdown_timeout_seconds": 15.0,
     }
     values.update(overrides)
+    values.setdefault("signing_key", f"test-signing-key-{uid}")
     return Settings(**values)
 
 

@@ -49,13 +49,22 @@ def whole(s: PartitionState):
     return s.aggregates[("m", "1", "", "")]
 
 
+def kinds(emits):
+    return [e.kind for e in emits]
+
+
 def test_outcome_and_metrics_follow_revisions():
     s, feed = state(), Feed()
-    out = s.apply_all([feed("predictions", p("a", tags={"r": "eu"})), feed("labels", lab("a", "no"))])
-    assert [e.kind for e in out] == ["outcomes"]
-    assert orjson.loads(out[0].value)["revision"] == 1
+    out = s.apply_all([feed("predictions", p("a", tags={"r": "eu"}, scores={"yes": 0.9, "no": 0.1})),
+                       feed("labels", lab("a", "no"))])
+    assert kinds(out) == ["monitor-input", "outcomes", "monitor-input"]
+    assert orjson.loads(out[1].value)["revision"] == 1
+    assert orjson.loads(out[0].value) == {"k": "p", "m": "m", "v": "1", "id": "a", "t": 1795305600.0,
+                                          "x": {}, "y": "yes", "c": 0.9}
+    assert orjson.loads(out[2].value)["ok"] is False and out[2].key == b"m\x1f1"
     out = s.apply_all([feed("labels", lab("a", "yes"))])
-    assert orjson.loads(out[0].value)["revision"] == 2
+    assert kinds(out) == ["outcomes", "monitor-input"]
+    assert orjson.loads(out[0].value)["revision"] == 2 and orjson.loads(out[1].value)["r"] == 2
     for key in (("m", "1", "", ""), ("m", "1", "r", "eu")):
         result = s.aggregates[key].cumulative.result()
         assert (result["count"], result["correct"]) == (1, 1)
@@ -65,7 +74,7 @@ def test_outcome_and_metrics_follow_revisions():
 def test_a_record_seen_again_is_applied_once():
     s, feed = state(), Feed()
     records = [feed("predictions", p("a")), feed("labels", lab("a", "no"))]
-    assert len(s.apply_all(records)) == 1
+    assert kinds(s.apply_all(records)) == ["monitor-input", "outcomes", "monitor-input"]
     assert s.apply_all(records) == []
     assert whole(s).cumulative.result()["count"] == 1 and whole(s).predictions == 1
 

@@ -1,0 +1,1 @@
+"""Drift detection and performance estimation before labels (pure logic, no I/O)."""

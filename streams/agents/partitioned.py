@@ -1,0 +1,107 @@
+"""The loop every stateful agent shares: batches by partition, apply, publish, checkpoint, ack.
+
+Per batch and partition: apply the records to the partition's state (a pure function), publish
+what it emits and wait for the broker's acks, checkpoint the state with its offsets in Redis, and
+only then ack the records so Faust commits their offsets. A crash anywhere replays the batch; the
+per-topic offsets in the checkpoint make the replay a no-op for the state, and messages published
+twice carry the same identity (outcome revision, alert id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Protocol
+
+import faust
+
+from feedback_loop.errors import OwnershipLostError
+from streams.partition import Emit, Record
+from streams.topics import StreamTopics
+
+log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    async def claim(self, partition: int, now: float) -> Any: ...
+    def release(self, partition: int) -> None: ...
+    async def save(self, state: Any) -> None: ...
+
+
+class PartitionStates:
+    """The partition states this worker owns, loaded from their checkpoint on first use.
+
+    Each partition has a lock: a batch and a timer never interleave on one state between
+    computing its changes and marking them stored.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._states: dict[int, Any] = {}
+        self.locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def get(self, partition: int) -> Any:
+        state = self._states.get(partition)
+        if state is None:
+            state = self._states[partition] = await self.store.claim(partition, time.time())
+        return state
+
+    def loaded(self, partition: int) -> Any | None:
+        return self._states.get(partition)
+
+    def drop(self, partition: int) -> None:
+        self._states.pop(partition, None)
+        self.store.release(partition)
+
+    def owned(self) -> list[int]:
+        return sorted(self._states)
+
+
+async def publish_and_save(topics: StreamTopics, states: PartitionStates, state: Any,
+                           emits: list[Emit]) -> bool:
+    """Publish ``emits`` (waiting for the acks), then checkpoint; False if the partition was lost."""
+    if emits:
+        pending = [await topics.for_kind(m.kind).send(key=m.key, value=m.value) for m in emits]
+        await asyncio.gather(*pending)
+    try:
+        await states.store.save(state)
+    except OwnershipLostError as exc:
+        log.warning("%s: dropping its state; the new owner replays the batch", exc)
+        states.drop(state.partition)
+        return False
+    return True
+
+
+def register(app: faust.App, name: str, source: faust.TopicT, inputs: set[str], batch_max: int,
+             within: float, topics: StreamTopics, states: PartitionStates,
+             activity: dict[str, Any]) -> Any:
+    """Add the agent ``name`` over ``source``; ``activity`` receives liveness counters."""
+
+    @app.on_partitions_revoked.connect
+    async def _on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        for partition in {tp.partition for tp in revoked if tp.topic in inputs}:
+            states.drop(partition)
+
+    async def process(partition: int, batch: list[Any]) -> bool:
+        records = [Record(e.message.topic, partition, e.message.offset, e.message.key, e.message.value)
+                   for e in batch]
+        async with states.locks[partition]:
+            state = await states.get(partition)
+            return await publish_and_save(topics, states, state, state.apply_all(records, time.time()))
+
+    @app.agent(source, name=name, concurrency=1)
+    async def agent(stream: faust.StreamT) -> None:
+        async for events in stream.noack_take(batch_max, within):
+            by_partition: dict[int, list[Any]] = defaultdict(list)
+            for event in events:
+                by_partition[event.message.partition].append(event)
+            for partition, batch in by_partition.items():
+                if await process(partition, batch):
+                    for event in batch:
+                        await stream.ack(event)
+            activity[f"{name}_events"] = activity.get(f"{name}_events", 0) + len(events)
+            activity["last_event_at"] = asyncio.get_running_loop().time()
+
+    return agent

@@ -1,0 +1,133 @@
+"""The drift monitor of one model version: alerts, dedup, resolution, cooldown, checkpoints."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from feedback_loop.errors import ConfigurationError
+from feedback_loop.events import DriftAlert
+from feedback_loop.signing import Signer
+from streams.monitor import ModelMonitor, MonitorConfig
+from streams.monitor_state import MonitorPartition
+from streams.partition import Record
+
+SIGNER = Signer(b"k" * 32)
+
+
+def config(**kw) -> MonitorConfig:
+    base = dict(resolve_samples=500, reference_size=200, window_size=100, estimate_window=200, cooldown=3600.0)
+    return MonitorConfig(**{**base, **kw})
+
+
+def prediction(i: int, x: float, conf: float = 0.9, y: str = "a") -> dict:
+    return {"k": "p", "m": "m", "v": "1", "id": f"p{i}", "t": float(i), "x": {"f": x, "g": "u"},
+            "y": y, "c": conf}
+
+
+def outcome(i: int, ok: bool, conf: float = 0.9, revision: int = 1) -> dict:
+    return {"k": "o", "m": "m", "v": "1", "id": f"p{i}", "t": float(i), "pt": float(i), "ok": ok,
+            "c": conf, "r": revision}
+
+
+def feed_errors(monitor: ModelMonitor, rates: list[tuple[int, float]], seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    alerts, i = [], 0
+    for n, rate in rates:
+        for _ in range(n):
+            alerts += monitor.observe(outcome(i, rng.random() >= rate))
+            i += 1
+    return alerts
+
+
+def test_one_concept_alert_per_episode_then_resolved():
+    monitor = ModelMonitor("m", "1", config(), epoch="e1")
+    alerts = feed_errors(monitor, [(3000, 0.05), (3000, 0.6)])
+    firing = [a for a in alerts if a["status"] == "firing"]
+    assert len(firing) == 1 and firing[0]["kind"] == "concept" and firing[0]["outcomes_seen"] > 3000
+    assert firing[0]["severity"] == "critical"
+    resolved = [a for a in alerts if a["status"] == "resolved"]
+    assert len(resolved) == 1 and resolved[0]["alert_id"] == firing[0]["alert_id"] + "-resolved"
+    for alert in alerts:
+        DriftAlert.model_validate(alert)  # the contract's schema
+
+
+def test_alert_ids_are_stable_and_epoch_scoped():
+    ids = []
+    for epoch in ("e1", "e1", "e2"):
+        monitor = ModelMonitor("m", "1", config(), epoch=epoch)
+        ids.append([a["alert_id"] for a in feed_errors(monitor, [(3000, 0.05), (3000, 0.6)])])
+    assert ids[0] == ids[1] != ids[2]
+
+
+def test_cooldown_suppresses_a_new_episode():
+    monitor = ModelMonitor("m", "1", config(resolve_samples=200), epoch="e")
+    alerts = feed_errors(monitor, [(2000, 0.05), (1500, 0.6), (1500, 0.05)])
+    assert [a["status"] for a in alerts if a["kind"] == "concept"][:2] == ["firing", "resolved"]
+    assert sum(a["status"] == "firing" for a in alerts) == 1  # the drift back came within the cooldown
+
+
+def test_revisions_and_regressions_do_not_feed_the_error_stream():
+    monitor = ModelMonitor("m", "1", config(), epoch="e")
+    assert monitor.observe(outcome(1, False, revision=2)) == []
+    assert monitor.observe({**outcome(2, True), "ok": None}) == []
+    assert monitor.outcomes == 0
+
+
+def test_data_drift_alerts_once_per_feature_and_resolves():
+    monitor = ModelMonitor("m", "1", config(), epoch="e")
+    rng = random.Random(1)
+    alerts = []
+    for i in range(600):
+        alerts += monitor.observe(prediction(i, rng.gauss(0, 1)))
+    assert alerts == []
+    for i in range(600, 1200):
+        alerts += monitor.observe(prediction(i, rng.gauss(3, 1)))
+    firing = [a for a in alerts if a["status"] == "firing"]
+    assert [(a["kind"], a["feature"]) for a in firing] == [("data", "f")]
+    assert firing[0]["threshold"] < firing[0]["statistic"]
+    for i in range(1200, 1800):
+        alerts += monitor.observe(prediction(i, rng.gauss(0, 1)))
+    assert [a["status"] for a in alerts if a["feature"] == "f"] == ["firing", "resolved"]
+
+
+def test_bad_settings_fail_naming_the_setting():
+    with pytest.raises(ConfigurationError, match="concept_detector"):
+        config(detector="nope").validate()
+    with pytest.raises(ConfigurationError, match="concept_detector_params"):
+        config(detector_params={"bogus": 1}).validate()
+    with pytest.raises(ConfigurationError, match="concept_detectors\\['churn'\\]"):
+        config(per_model={"churn": "nope"}).validate()
+    with pytest.raises(ConfigurationError, match="drift_reference_size"):
+        config(reference_size=50, window_size=100).validate()
+
+
+def test_checkpoint_round_trip_continues_identically():
+    a = ModelMonitor("m", "1", config(), epoch="e")
+    feed_errors(a, [(1500, 0.05)])
+    b, refused = ModelMonitor.from_bytes(a.to_bytes(SIGNER), config(), SIGNER)
+    assert refused is None
+    rest = [(1500, 0.05), (2000, 0.6)]
+    assert feed_errors(a, rest, seed=9) == feed_errors(b, rest, seed=9)
+
+
+def test_a_tampered_detector_is_replaced_not_loaded():
+    a = ModelMonitor("m", "1", config(), epoch="e")
+    feed_errors(a, [(500, 0.05)])
+    data = orjson.loads(a.to_bytes(SIGNER))
+    data["detector"] = data["detector"][:-8] + "AAAAAAA="
+    b, refused = ModelMonitor.from_bytes(orjson.dumps(data), config(), SIGNER)
+    assert refused is not None and b.outcomes == 500
+    assert b.detector is not a.detector
+
+
+def test_partition_applies_each_offset_once_and_dead_letters_garbage():
+    part = MonitorPartition(0, config(), "e")
+    records = [Record("monitor-input", 0, i, b"m\x1f1", orjson.dumps(outcome(i, True))) for i in range(5)]
+    part.apply_all(records)
+    part.apply_all(records)
+    assert part.monitors[("m", "1")].outcomes == 5
+    (letter,) = part.apply_all([Record("monitor-input", 0, 5, b"k", b"{oops")])
+    assert letter.kind == "dead-letters"
