@@ -72,6 +72,15 @@ class ReplayEvent:
     label: LabelEvent | None
 
 
+def parse_cell(value: Any) -> Any:
+    """A CSV cell as an int or float when it reads as one, else unchanged (JSON values pass through).
+
+    >>> parse_cell("3"), parse_cell("2.5"), parse_cell("eu"), parse_cell(7)
+    (3, 2.5, 'eu', 7)
+    """
+    return _number(value) if isinstance(value, str) else value
+
+
 def _number(text: str) -> Any:
     try:
         return int(text)

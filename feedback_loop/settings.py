@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         1000, ge=1, description="Outcomes without a new change after which a concept drift is resolved.")
     drift_reference_size: int = Field(1000, ge=20, description="Predictions in a data-drift reference window.")
     drift_window_size: int = Field(500, ge=10, description="Predictions in each compared window.")
+    drift_reference_files: dict[str, Path] = Field(
+        default_factory=dict,
+        description='Pinned data-drift references per model, a CSV or JSONL file of feature rows, '
+                    'e.g. {"churn": "ref/churn.csv"}; other models use their first predictions.')
     drift_false_alarm_rate: float = Field(
         0.01, gt=0, lt=0.5, description="Wanted false-alarm rate per window on unchanged data.")
     estimate_window_size: int = Field(1000, ge=10, description="Predictions per estimated-accuracy window.")

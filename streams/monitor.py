@@ -4,8 +4,9 @@ Per model version a :class:`ModelMonitor` runs
 
 * **concept drift**: a River detector (ADWIN by default; DDM, PageHinkley or KSWIN per model) on
   the error stream (1 = wrong) of first outcomes (revision 1), in arrival order;
-* **data drift**: a :class:`~feedback_loop.drift.data.FeatureDriftMonitor` on the features, its
-  thresholds calibrated on the reference so unchanged data alerts at the configured rate;
+* **data drift**: a :class:`~feedback_loop.drift.data.FeatureDriftMonitor` on the features against
+  the model version's first predictions (or a pinned reference file), its thresholds calibrated
+  on the reference so unchanged data alerts at the configured rate;
 * **prediction drift**: the same on the predicted value and on the confidence;
 * **estimated performance**: confidence-based expected accuracy per window, calibrated online by
   the outcomes that did arrive; an alert when it drops by ``estimate_min_drop`` below the first
@@ -26,6 +27,7 @@ import hashlib
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import orjson
@@ -70,13 +72,15 @@ class MonitorConfig:
     estimate_window: int = 1000
     estimate_min_drop: float = 0.05
     cooldown: float = 3600.0
+    references: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, s: Settings) -> MonitorConfig:
+        references = {model: load_reference(model, path) for model, path in s.drift_reference_files.items()}
         config = cls(s.concept_detector, dict(s.concept_detector_params), dict(s.concept_detectors),
                      s.concept_resolve_samples, s.drift_reference_size, s.drift_window_size,
                      s.drift_false_alarm_rate, s.estimate_window_size, s.estimate_min_drop,
-                     s.alert_cooldown_seconds)
+                     s.alert_cooldown_seconds, references)
         config.validate()
         return config
 
@@ -91,14 +95,41 @@ class MonitorConfig:
                 f"drift_reference_size ({self.reference_size}) must be at least drift_window_size "
                 f"({self.window_size})")
         self.feature_monitor()
+        for model in self.references:
+            self.feature_monitor(model)
 
     def detector_for(self, model: str) -> tuple[str, Any]:
         name = self.per_model.get(model, self.detector)
         return name, make_detector(name, self.detector_params if name == self.detector else {})
 
-    def feature_monitor(self) -> FeatureDriftMonitor:
+    def feature_monitor(self, model: str | None = None) -> FeatureDriftMonitor:
+        """A data-drift monitor; with ``model`` and a pinned reference for it, already calibrated."""
+        if model is not None and model in self.references:
+            try:
+                return FeatureDriftMonitor.with_reference(
+                    self.references[model], window_size=self.window_size, false_alarm_rate=self.false_alarm_rate)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"drift_reference_files[{model!r}]: {exc}") from None
         return FeatureDriftMonitor(reference_size=self.reference_size, window_size=self.window_size,
                                    false_alarm_rate=self.false_alarm_rate)
+
+
+def load_reference(model: str, path: Path) -> tuple[dict[str, Any], ...]:
+    """Feature rows of a pinned reference file (CSV or JSONL; a JSONL row may nest them in "features")."""
+    from feedback_loop.errors import FeedbackLoopError
+    from feedback_loop.replay import parse_cell, read_file
+
+    setting = f"drift_reference_files[{model!r}] (FEEDBACK_LOOP_DRIFT_REFERENCE_FILES)"
+    try:
+        rows = []
+        for row in read_file(Path(path)):
+            features = row.get("features", row) if isinstance(row, dict) else row
+            rows.append({k: parse_cell(v) for k, v in features.items()})
+    except FeedbackLoopError as exc:
+        raise ConfigurationError(f"{setting}: {exc}") from None
+    if not rows:
+        raise ConfigurationError(f"{setting}: {path} has no rows")
+    return tuple(rows)
 
 
 @dataclass
@@ -120,7 +151,7 @@ class ModelMonitor:
     def __init__(self, model: str, version: str, config: MonitorConfig, epoch: str = "") -> None:
         self.model, self.version, self.config, self.epoch = model, version, config, epoch
         self.detector_name, self.detector = config.detector_for(model)
-        self.features = config.feature_monitor()
+        self.features = config.feature_monitor(model)
         self.predictions = config.feature_monitor()
         self.estimator = PerformanceEstimator(window_size=config.estimate_window)
         self.baseline: float | None = None

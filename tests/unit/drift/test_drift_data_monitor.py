@@ -45,7 +45,8 @@ def window_alarms(results: list[DriftResult]) -> dict[int, bool]:
 )
 def test_stationary_false_alarm_rate_within_configured(numeric_tests: tuple[str, ...], categorical_tests: tuple[str, ...]) -> None:
     """Windows of unchanged data alarm (any feature, any test) at most at the configured rate."""
-    rate, seeds, windows = 0.1, 120, 8
+    rate, windows = 0.1, 8
+    seeds = 120 if numeric_tests == ("ks",) else 70
     per_seed = []
     for seed in range(seeds):
         mon = FeatureDriftMonitor(
@@ -158,8 +159,9 @@ def test_pinned_reference_equals_first_rows() -> None:
     stream = list(rows(2, 1300))
     first = FeatureDriftMonitor(reference_size=800, window_size=250)
     pinned = FeatureDriftMonitor.with_reference(stream[:800], window_size=250)
-    assert pinned.reference_ready and pinned.thresholds == first.thresholds or not first.reference_ready
+    assert pinned.reference_ready and not first.reference_ready
     assert feed(first, iter(stream)) == feed(pinned, iter(stream[800:]))
+    assert first.thresholds == pinned.thresholds and first.to_dict() == pinned.to_dict()
 
 
 @pytest.mark.parametrize(

@@ -131,3 +131,32 @@ def test_partition_applies_each_offset_once_and_dead_letters_garbage():
     assert part.monitors[("m", "1")].outcomes == 5
     (letter,) = part.apply_all([Record("monitor-input", 0, 5, b"k", b"{oops")])
     assert letter.kind == "dead-letters"
+
+
+def test_a_pinned_reference_file_is_the_reference(tmp_path):
+    from streams.monitor import load_reference
+
+    path = tmp_path / "ref.csv"
+    rng = random.Random(3)
+    path.write_text("f,g\n" + "\n".join(f"{rng.gauss(5, 1)},u" for _ in range(300)))
+    cfg = config(references={"m": load_reference("m", path)})
+    monitor = ModelMonitor("m", "1", cfg, epoch="e")
+    alerts = []
+    for i in range(200):  # N(0, 1) is far from the pinned N(5, 1): the first window already drifts
+        alerts += monitor.observe(prediction(i, rng.gauss(0, 1)))
+    assert [(a["kind"], a["feature"]) for a in alerts] == [("data", "f")]
+    with pytest.raises(ConfigurationError, match="drift_reference_files\\['m'\\]"):
+        load_reference("m", tmp_path / "missing.csv")
+
+
+def test_bad_detector_settings_stop_the_worker_command(monkeypatch, capsys):
+    from feedback_loop import cli
+
+    monkeypatch.setenv("FEEDBACK_LOOP_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("FEEDBACK_LOOP_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("FEEDBACK_LOOP_CONCEPT_DETECTOR_PARAMS", '{"bogus": 1}')
+    assert cli.main(["worker"]) == 1
+    assert "concept_detector_params" in capsys.readouterr().err
+    monkeypatch.setenv("FEEDBACK_LOOP_CONCEPT_DETECTOR", "nope")
+    assert cli.main(["worker"]) == 1
+    assert "concept_detector" in capsys.readouterr().err
