@@ -38,10 +38,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feedback_loop.drift.calibration import calibrate  # noqa: E402
-from feedback_loop.drift.data import FeatureDriftMonitor  # noqa: E402
-from feedback_loop.drift.ks_exact import ks_exact_sf, ks_exact_threshold  # noqa: E402
-from feedback_loop.drift.result import DriftResult  # noqa: E402
+from feedback_loop.drift.calibration import calibrate
+from feedback_loop.drift.data import FeatureDriftMonitor
+from feedback_loop.drift.ks_exact import ks_exact_sf, ks_exact_threshold
+from feedback_loop.drift.result import DriftResult
 
 NUMERIC = ("x0", "x1", "x2", "x3", "x4")
 CATS = ("a", "b", "c", "d")
@@ -75,7 +75,11 @@ def clopper_pearson_upper(k: int, n: int, level: float = 0.95) -> float:
 
     def cdf(p: float) -> float:
         logs = [
-            math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
+            math.lgamma(n + 1)
+            - math.lgamma(i + 1)
+            - math.lgamma(n - i + 1)
+            + i * math.log(p)
+            + (n - i) * math.log1p(-p)
             for i in range(k + 1)
         ]
         top = max(logs)
@@ -168,8 +172,13 @@ def window_sizes(seeds: int, sizes: tuple[int, ...] = (50, 100, 200, 500), windo
                 psi_one += sum(r.extra.get("psi", 0.0) > PSI_RULE for r in rs if r.feature == "x0")
                 total += 1
         rows_out.append(
-            {"window": w, "windows": total, "calibrated": alarms / total, "psi_rule_any": psi_alarms / total,
-             "psi_rule_one_feature": psi_one / total}
+            {
+                "window": w,
+                "windows": total,
+                "calibrated": alarms / total,
+                "psi_rule_any": psi_alarms / total,
+                "psi_rule_one_feature": psi_one / total,
+            }
         )
     return rows_out
 
@@ -186,7 +195,9 @@ def methods(seeds: int, rate: float = 0.1, windows: int = 20) -> dict[str, float
             ref = mon.references[name].values
             th[name] = {
                 "two-sample bootstrap": calibrate(ref, WINDOW, ("ks",), mon.alpha, rng=[4, seed], exact_ks=False)["ks"],
-                "one-sample bootstrap": calibrate(ref, WINDOW, ("ks",), mon.alpha, rng=[4, seed], resample_reference=False)["ks"],
+                "one-sample bootstrap": calibrate(
+                    ref, WINDOW, ("ks",), mon.alpha, rng=[4, seed], resample_reference=False
+                )["ks"],
             }
         for rs in wins.values():
             total += 1
@@ -229,44 +240,69 @@ def detection(seeds: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=250, help="references for parts 1 and 4 (default 250)")
+    parser.add_argument("--seeds", type=int, default=300, help="references for parts 1 and 4 (default 300, min 100)")
     args = parser.parse_args()
     seeds = max(100, args.seeds)
     t0 = time.perf_counter()
 
     st = stationary(seeds)
-    print(f"1. stationary data: {seeds} seeds x {WINDOWS_PER_SEED} windows of {WINDOW} (reference {REFERENCE})")
+    t1 = time.perf_counter()
+    print(
+        f"1. stationary data: {seeds} seeds x {WINDOWS_PER_SEED} windows of {WINDOW} (reference {REFERENCE})  [{t1 - t0:.0f} s]"
+    )
     print(f"   {'rule':<34}{'windows':>8}{'alarms':>8}{'rate':>9}{'95% upper':>11}")
-    print(f"   {'calibrated, target 1%':<34}{st['windows']:>8}{st['alarms']:>8}{st['rate']:>9.4f}{st['binomial_upper95']:>11.4f}  (binomial)")
+    print(
+        f"   {'calibrated, target 1%':<34}{st['windows']:>8}{st['alarms']:>8}{st['rate']:>9.4f}{st['binomial_upper95']:>11.4f}  (binomial)"
+    )
     print(f"   {'':<34}{'':>8}{'':>8}{'':>9}{st['seed_bootstrap_upper95']:>11.4f}  (bootstrap over seeds)")
     psi_n = round(st["psi_rule_rate"] * st["windows"])
     print(f"   {'PSI > 0.1 on any numeric feature':<34}{st['windows']:>8}{psi_n:>8}{st['psi_rule_rate']:>9.4f}")
     print("   alarms per feature and window: " + ", ".join(f"{k} {v:.4f}" for k, v in st["per_feature"].items()))
+    print(
+        f"   the design's own bound here: {st['design_rate']:.4f} (exact KS tail at the exact threshold, chi2 <= alpha);"
+        f" P(>= {st['alarms']} alarms | rate {RATE}) = {st['excess_p_value']:.3f}"
+    )
 
     sizes = window_sizes(max(30, seeds // 6))
-    print("\n2. false-alarm rate by window size (target 1%)")
+    t2 = time.perf_counter()
+    print(f"\n2. false-alarm rate by window size (target 1%)  [{t2 - t1:.0f} s]")
     print(f"   {'window':>7}{'windows':>9}{'calibrated':>12}{'PSI>0.1 any':>13}{'PSI>0.1 x0':>12}")
     for r in sizes:
-        print(f"   {r['window']:>7}{r['windows']:>9}{r['calibrated']:>12.4f}{r['psi_rule_any']:>13.4f}{r['psi_rule_one_feature']:>12.4f}")
+        print(
+            f"   {r['window']:>7}{r['windows']:>9}{r['calibrated']:>12.4f}{r['psi_rule_any']:>13.4f}{r['psi_rule_one_feature']:>12.4f}"
+        )
 
     meth = methods(max(30, seeds // 5))
-    print(f"\n3. calibration methods, target {meth['configured']:.0%} per window ({meth['windows']} windows)")
+    t3 = time.perf_counter()
+    print(
+        f"\n3. calibration methods, target {meth['configured']:.0%} per window ({meth['windows']} windows)  [{t3 - t2:.0f} s]"
+    )
     for m in ("exact KS (default)", "two-sample bootstrap", "one-sample bootstrap"):
         print(f"   {m:<24}{meth[m]:>8.4f}")
 
     det = detection(seeds)
-    print(f"\n4. mean shift of {SHIFT} sd in x0 at a random row after the reference ({det['seeds']} seeds)")
-    print(f"   detected within {HORIZON} rows: {det['detected_within_2000']:.3f}   mean delay {det['mean_delay']:.0f}   "
-          f"p90 {det['p90_delay']:.0f}   max {det['max_delay']:.0f}   false alarms before the shift: {det['false_alarms_before_shift']}")
-    elapsed = time.perf_counter() - t0
+    t4 = time.perf_counter()
+    print(
+        f"\n4. mean shift of {SHIFT} sd in x0 at a random row after the reference ({det['seeds']} seeds)  [{t4 - t3:.0f} s]"
+    )
+    print(
+        f"   detected within {HORIZON} rows: {det['detected_within_2000']:.3f}   mean delay {det['mean_delay']:.0f}   "
+        f"p90 {det['p90_delay']:.0f}   max {det['max_delay']:.0f}   false alarms before the shift: {det['false_alarms_before_shift']}"
+    )
+    elapsed = t4 - t0
     print(f"\n({elapsed:.0f} s)")
 
-    ok = st["rate"] <= RATE and det["detected_within_2000"] >= 0.95
+    # The design targets a rate just under the configured one (here design_rate), so a finite run
+    # can land a little above it by chance: fail only on a statistically significant excess.
+    rate_ok = st["rate"] <= RATE or st["excess_p_value"] >= 0.05
+    ok = rate_ok and det["detected_within_2000"] >= 0.95
     summary = {
         "false_alarm_rate": round(st["rate"], 5),
         "configured_rate": RATE,
         "false_alarm_upper95_binomial": round(st["binomial_upper95"], 5),
         "false_alarm_upper95_seed_bootstrap": round(st["seed_bootstrap_upper95"], 5),
+        "design_rate": round(st["design_rate"], 5),
+        "excess_p_value": round(st["excess_p_value"], 4),
         "stationary_windows": st["windows"],
         "psi_rule_false_alarm_rate": round(st["psi_rule_rate"], 5),
         "psi_rule_by_window": {str(r["window"]): round(r["psi_rule_any"], 4) for r in sizes},

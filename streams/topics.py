@@ -23,10 +23,10 @@ class StreamTopics:
     monitor_input: faust.TopicT
     drift_alerts: faust.TopicT
 
-    def for_kind(self, kind: str) -> faust.TopicT:
-        """The output topic of an emitted message kind (a contract topic name)."""
+    def name_of(self, kind: str) -> str:
+        """The topic name of an emitted message kind (a contract topic name)."""
         return {"outcomes": self.outcomes, "dead-letters": self.dead_letters,
-                "monitor-input": self.monitor_input, "drift-alerts": self.drift_alerts}[kind]
+                "monitor-input": self.monitor_input, "drift-alerts": self.drift_alerts}[kind].get_topic_name()
 
 
 def declare(app: faust.App, settings: Settings) -> StreamTopics:

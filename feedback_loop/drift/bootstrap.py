@@ -174,9 +174,7 @@ def _numeric(
     if values.size == 0 or not np.isfinite(values).all():
         raise ValueError("reference must be non-empty and finite")
     n = values.size
-    support, first, inverse, atom_counts = np.unique(
-        values, return_index=True, return_inverse=True, return_counts=True
-    )
+    support, first, inverse, atom_counts = np.unique(values, return_index=True, return_inverse=True, return_counts=True)
     u = support.size
     need_counts = "psi" in tests or "wasserstein" in tests
     starts = bin_starts(psi_edges(values), support) if "psi" in tests else None

@@ -47,6 +47,7 @@ __all__ = [
 #: Minimum number of bootstrap replicates above a calibrated threshold.
 MIN_TAIL = 5
 
+
 def bonferroni(false_alarm_rate: float, pairs: int) -> float:
     """Per-pair level so that ``pairs`` tests together alarm with probability at most ``false_alarm_rate``.
 
@@ -95,7 +96,9 @@ def conservative_quantile(values: ArrayLike, alpha: float) -> float:
     b = x.size
     k = math.ceil((b + 1) * (1.0 - alpha) - 1e-9)
     if k > b:
-        raise ValueError(f"{b} values cannot give a conservative {1.0 - alpha:g} quantile; need >= {math.ceil(1 / alpha) - 1}")
+        raise ValueError(
+            f"{b} values cannot give a conservative {1.0 - alpha:g} quantile; need >= {math.ceil(1 / alpha) - 1}"
+        )
     return float(x[max(k, 1) - 1])
 
 

@@ -20,9 +20,11 @@ feature has fewer than :data:`MIN_COUNT` values reports nothing for it, and
 one with fewer values than ``window_size`` is judged against thresholds
 calibrated for its actual count (computed on demand with a seed derived from
 the feature and the count, so a restarted worker gets the same ones).
-Features that appear only after the reference are ignored. ``update`` costs
-``O(features)`` per row (appends); statistics are computed only when a window
-closes.
+Features that appear only after the reference are ignored, and the reference
+stays as it is (a drifted feature keeps alarming until the caller replaces the
+monitor). ``update`` costs ``O(features)`` per row (appends); statistics are
+computed only when a window closes; the calibration, once per reference, costs
+tens of milliseconds per feature at the default sizes.
 
 The same monitor watches prediction drift (the predicted class, a categorical
 "feature") and confidence drift (a numeric one): see the example.
@@ -192,8 +194,10 @@ class FeatureDriftMonitor:
             raise ConfigurationError(
                 f"reference_size must be an integer >= window_size ({window_size}), got {reference_size!r}"
             )
-        if isinstance(false_alarm_rate, bool) or not isinstance(false_alarm_rate, (int, float)) or not (
-            0.0 < false_alarm_rate < 0.5
+        if (
+            isinstance(false_alarm_rate, bool)
+            or not isinstance(false_alarm_rate, (int, float))
+            or not (0.0 < false_alarm_rate < 0.5)
         ):
             raise ConfigurationError(f"false_alarm_rate must be in (0, 0.5), got {false_alarm_rate!r}")
         self.numeric_tests = _check_tests("numeric_tests", numeric_tests, NUMERIC_TESTS)
@@ -207,7 +211,9 @@ class FeatureDriftMonitor:
         if isinstance(features, str) or (features is not None and not all(isinstance(f, str) for f in features)):
             raise ConfigurationError(f"features must be a list of feature names, got {features!r}")
         if isinstance(categorical_features, str) or not all(isinstance(f, str) for f in categorical_features):
-            raise ConfigurationError(f"categorical_features must be a list of feature names, got {categorical_features!r}")
+            raise ConfigurationError(
+                f"categorical_features must be a list of feature names, got {categorical_features!r}"
+            )
         self.reference_size = reference_size
         self.window_size = window_size
         self.false_alarm_rate = float(false_alarm_rate)

@@ -90,7 +90,9 @@ def ks_exact_threshold(n: int, m: int, alpha: float) -> float:
     nm = n * m
     c = math.sqrt(-0.5 * math.log(alpha / 2.0)) * math.sqrt((n + m) / nm) * nm
     lo, hi = -g, nm  # P(nmD > lo) > alpha >= P(nmD > hi), both multiples of g
-    cands = np.unique(np.clip(np.round(np.linspace(0.8 * c, 1.25 * c, _CANDIDATES) / g), 0, nm // g).astype(np.int64) * g)
+    cands = np.unique(
+        np.clip(np.round(np.linspace(0.8 * c, 1.25 * c, _CANDIDATES) / g), 0, nm // g).astype(np.int64) * g
+    )
     while True:
         sf = ks_exact_sf(n, m, cands)
         ok = sf <= alpha

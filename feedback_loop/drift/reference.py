@@ -127,7 +127,10 @@ class FeatureReference:
         if not seen:
             raise ValueError("window is empty")
         wc = np.array([seen.pop(k, 0) for k in self.counts] + [sum(seen.values())], dtype=np.int64)
-        return {"chi2": float(chi2_from_counts(self._ref_counts, wc)), "js": float(js_from_counts(self._ref_counts, wc))}
+        return {
+            "chi2": float(chi2_from_counts(self._ref_counts, wc)),
+            "js": float(js_from_counts(self._ref_counts, wc)),
+        }
 
     def calibrate(
         self,

@@ -34,6 +34,6 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, store: Ch
             async with states.locks[partition]:
                 state = states.loaded(partition)
                 if state is not None and state.expire(time.time()):
-                    await partitioned.publish_and_save(topics, states, state, [])
+                    await partitioned.publish_and_save(app, topics, states, state, [])
 
     return states

@@ -22,6 +22,8 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, store: Mo
              activity: dict[str, Any]) -> partitioned.PartitionStates:
     """Add the monitor agent to ``app``; return its partition states."""
     states = partitioned.PartitionStates(store)
+    # Monitor checkpoints are large (references, windows): batch up to a second of observations.
     partitioned.register(app, "monitor", topics.monitor_input, {settings.topics.monitor_input},
-                         settings.batch_max, settings.batch_within_seconds, topics, states, activity)
+                         10 * settings.batch_max, settings.monitor_batch_within_seconds, topics, states,
+                         activity)
     return states

@@ -109,7 +109,9 @@ def test_ks_threshold_false_alarm_rate(kind: str) -> None:
     rng = np.random.default_rng(6)
     rates = []
     for s in range(refs):
-        draw = (lambda size: rng.normal(size=size)) if kind == "continuous" else (lambda size: rng.poisson(2.0, size=size))
+        draw = (
+            (lambda size: rng.normal(size=size)) if kind == "continuous" else (lambda size: rng.poisson(2.0, size=size))
+        )
         ref = np.asarray(draw(n), dtype=float)
         th = calibrate(ref, w, ("ks",), alpha, rng=[7, s])["ks"]
         hits = 0

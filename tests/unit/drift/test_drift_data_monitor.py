@@ -43,7 +43,9 @@ def window_alarms(results: list[DriftResult]) -> dict[int, bool]:
 @pytest.mark.parametrize(
     ("numeric_tests", "categorical_tests"), [(("ks",), ("chi2",)), (("ks", "psi", "wasserstein"), ("chi2", "js"))]
 )
-def test_stationary_false_alarm_rate_within_configured(numeric_tests: tuple[str, ...], categorical_tests: tuple[str, ...]) -> None:
+def test_stationary_false_alarm_rate_within_configured(
+    numeric_tests: tuple[str, ...], categorical_tests: tuple[str, ...]
+) -> None:
     """Windows of unchanged data alarm (any feature, any test) at most at the configured rate."""
     rate, windows = 0.1, 8
     seeds = 120 if numeric_tests == ("ks",) else 70
@@ -89,7 +91,10 @@ def test_categorical_shift_and_new_category_detected() -> None:
 
 def test_missing_values_and_new_features_are_tolerated() -> None:
     rng = np.random.default_rng(1)
-    ref = [{"x": float(v), "s": "ab"[i % 2], "few": 1.0 if i < MIN_COUNT - 1 else None} for i, v in enumerate(rng.normal(size=300))]
+    ref = [
+        {"x": float(v), "s": "ab"[i % 2], "few": 1.0 if i < MIN_COUNT - 1 else None}
+        for i, v in enumerate(rng.normal(size=300))
+    ]
     mon = FeatureDriftMonitor.with_reference(ref, window_size=100, features=None)
     assert mon.features == {"s": "categorical", "x": "numeric"}  # "few" has too few values
     window: list[dict[str, Any]] = []
@@ -135,7 +140,13 @@ def snapshot(mon: FeatureDriftMonitor) -> FeatureDriftMonitor:
 
 
 def test_state_round_trip_resumes_identically() -> None:
-    settings = {"reference_size": 300, "window_size": 100, "numeric_tests": ("ks", "psi"), "categorical_tests": ("chi2", "js"), "seed": 3}
+    settings = {
+        "reference_size": 300,
+        "window_size": 100,
+        "numeric_tests": ("ks", "psi"),
+        "categorical_tests": ("chi2", "js"),
+        "seed": 3,
+    }
     stream = list(rows(5, 300 + 650, shift_at=600))
     for i, x in enumerate(stream):  # some missing values, so partial-count thresholds are exercised
         if i % 37 == 0:
