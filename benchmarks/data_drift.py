@@ -310,7 +310,7 @@ def main() -> int:
         "methods_at_10pct": {m: round(v, 4) for m, v in meth.items() if m not in ("windows", "configured")},
         "detected_within_2000": round(det["detected_within_2000"], 4),
         "mean_delay": round(det["mean_delay"], 1),
-        "p90_delay": det["p90_delay"],
+        "p90_delay": round(det["p90_delay"], 1),
         "seeds": seeds,
         "seconds": round(elapsed, 1),
         "ok": ok,
