@@ -10,8 +10,9 @@ Join state layout (``ns`` is ``Settings.redis_namespace``)::
     {ns}:partitions   set   partitions that have state
     {ns}:version      int   bumped by every checkpoint, so readers can skip unchanged state
 
-Monitor state (``monitor-input`` partitions) lives in ``{ns}:mon:{p}`` (model version -> monitor)
-and ``{ns}:monmeta:{p}``, fenced by ``{ns}:monowner:{p}``.
+Monitor state (``monitor-input`` partitions) lives in ``{ns}:mon:{p}`` (model version -> monitor),
+``{ns}:monref:{p}`` (its data-drift references, written once complete) and ``{ns}:monmeta:{p}``,
+fenced by ``{ns}:monowner:{p}``.
 
 A worker claims a partition before loading it; every save is a MULTI/EXEC guarded by WATCH on the
 owner key, so a worker that lost the partition in a rebalance cannot overwrite the new owner's
@@ -135,7 +136,7 @@ class CheckpointStore:
 def reset_join_state(client: SyncRedis, settings: Settings) -> int:
     """Delete every partition checkpoint and snapshot (the input topics were created anew)."""
     patterns = [settings.key(kind, "*") for kind in
-                ("join", "agg", "win", "meta", "owner", "mon", "monmeta", "monowner", "estimate")]
+                ("join", "agg", "win", "meta", "owner", "mon", "monref", "monmeta", "monowner")]
     keys = [k for pattern in patterns for k in client.scan_iter(match=pattern, count=500)]
     keys += [settings.key(name) for name in ("partitions", "snapshots", "version", "estimates", "epoch")]
     keys += [settings.key("alerts", "recent")]
@@ -166,9 +167,10 @@ class MonitorStore:
         from streams.monitor_state import MonitorPartition
 
         k = self.settings.key
-        monitors, meta = await self.fence.claim(partition, [k("mon", partition), k("monmeta", partition)])
+        monitors, references, meta = await self.fence.claim(
+            partition, [k("mon", partition), k("monref", partition), k("monmeta", partition)])
         state = MonitorPartition(partition, self.config, await self.epoch())
-        state.restore(monitors, meta, self.signer)
+        state.restore(monitors, references, meta, self.signer)
         return state
 
     def release(self, partition: int) -> None:
@@ -176,16 +178,18 @@ class MonitorStore:
 
     async def save(self, state: Any) -> None:
         k = self.settings.key
-        monitors, estimates, meta, alerts = state.changes(self.signer)
+        changes = state.changes(self.signer)
 
         def fill(pipe: Pipeline) -> None:
-            if monitors:
-                pipe.hset(k("mon", state.partition), mapping=monitors)
-            if estimates:
-                pipe.hset(k("estimates"), mapping=estimates)
-            pipe.hset(k("monmeta", state.partition), mapping=meta)
-            if alerts:
-                pipe.lpush(k("alerts", "recent"), *alerts)
+            if changes.monitors:
+                pipe.hset(k("mon", state.partition), mapping=changes.monitors)
+            if changes.references:
+                pipe.hset(k("monref", state.partition), mapping=changes.references)
+            if changes.estimates:
+                pipe.hset(k("estimates"), mapping=changes.estimates)
+            pipe.hset(k("monmeta", state.partition), mapping=changes.meta)
+            if changes.alerts:
+                pipe.lpush(k("alerts", "recent"), *changes.alerts)
                 pipe.ltrim(k("alerts", "recent"), 0, self.RECENT_ALERTS - 1)
 
         await self.fence.write(state.partition, fill)

@@ -280,24 +280,39 @@ class ModelMonitor:
 
     # ------------------------------------------------------------------ checkpoints
     def to_bytes(self, signer: Signer) -> bytes:
-        """JSON state; the River detector inside as a signed pickle."""
+        """JSON state without the data-drift references (see :meth:`references_bytes`); the River
+        detector inside as a signed pickle."""
         return orjson.dumps({
             "model": self.model, "version": self.version, "epoch": self.epoch,
             "detector_name": self.detector_name,
             "detector": base64.b64encode(signer.dumps(self.detector)).decode(),
-            "features": self.features.to_dict(), "predictions": self.predictions.to_dict(),
+            "features": _without_references(self.features.to_dict()),
+            "predictions": _without_references(self.predictions.to_dict()),
             "estimator": self.estimator.to_dict(), "baseline": self.baseline,
             "last_estimate": self.last_estimate, "outcomes": self.outcomes, "last_change": self.last_change,
             "alerts": {k: asdict(v) for k, v in self.alerts.items()},
             "recent_times": list(self.recent_times)[-5000:],
         })
 
+    def references_state(self) -> tuple[bool, bool]:
+        """Which references are complete: they are stored once, when this changes."""
+        return self.features.reference_ready, self.predictions.reference_ready
+
+    def references_bytes(self) -> bytes:
+        """The calibrated data-drift references: large, and fixed once complete."""
+        return orjson.dumps({"features": self.features.to_dict()["references"],
+                             "predictions": self.predictions.to_dict()["references"]})
+
     @classmethod
-    def from_bytes(cls, raw: bytes, config: MonitorConfig,
-                   signer: Signer) -> tuple[ModelMonitor, CheckpointIntegrityError | None]:
-        """Restore a monitor. A detector whose signature or versions do not check out is replaced
-        by a fresh one, and the refusal is returned for the caller to report."""
+    def from_bytes(cls, raw: bytes, config: MonitorConfig, signer: Signer,
+                   references: bytes | None = None) -> tuple[ModelMonitor, CheckpointIntegrityError | None]:
+        """Restore a monitor from :meth:`to_bytes` and :meth:`references_bytes`. A detector whose
+        signature or versions do not check out is replaced by a fresh one, and the refusal is
+        returned for the caller to report."""
         data = orjson.loads(raw)
+        refs = orjson.loads(references) if references else {"features": None, "predictions": None}
+        data["features"]["references"] = refs["features"]
+        data["predictions"]["references"] = refs["predictions"]
         monitor = cls(data["model"], data["version"], config, data["epoch"])
         refused: CheckpointIntegrityError | None = None
         try:
@@ -313,3 +328,7 @@ class ModelMonitor:
         monitor.alerts = {k: AlertState(**v) for k, v in data["alerts"].items()}
         monitor.recent_times.extend(data["recent_times"])
         return monitor, refused
+
+
+def _without_references(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k != "references"}

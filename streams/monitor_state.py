@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import NamedTuple
 import orjson
 
 from feedback_loop.events import DriftAlert, dead_letter
@@ -19,6 +20,14 @@ from streams.observations import SEPARATOR
 from streams.partition import Emit, Record
 
 log = logging.getLogger(__name__)
+
+
+class MonitorChanges(NamedTuple):
+    monitors: dict[bytes, bytes]
+    references: dict[bytes, bytes]
+    estimates: dict[bytes, bytes]
+    meta: dict[str, bytes]
+    alerts: list[bytes]
 
 
 @dataclass
@@ -32,6 +41,7 @@ class MonitorPartition:
     offsets: dict[str, int] = field(default_factory=dict)
     alerts: list[bytes] = field(default_factory=list)
     _dirty: set[tuple[str, str]] = field(default_factory=set)
+    _references_saved: dict[tuple[str, str], tuple[bool, bool]] = field(default_factory=dict)
 
     def apply(self, record: Record) -> list[Emit]:
         last = self.offsets.get(record.topic)
@@ -63,28 +73,35 @@ class MonitorPartition:
             out.extend(self.apply(record))
         return out
 
-    def changes(self, signer: Signer) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[str, bytes], list[bytes]]:
-        """(monitors, estimates, meta, new alerts) to store."""
-        monitors, estimates = {}, {}
+    def changes(self, signer: Signer) -> MonitorChanges:
+        """What to store: dirty monitors, references that just completed, estimates, offsets, alerts."""
+        monitors, references, estimates = {}, {}, {}
         for ident in self._dirty:
             monitor = self.monitors[ident]
             field_name = SEPARATOR.join(ident).encode()
             monitors[field_name] = monitor.to_bytes(signer)
+            if self._references_saved.get(ident) != monitor.references_state():
+                references[field_name] = monitor.references_bytes()
             if monitor.last_estimate is not None:
                 estimates[field_name] = orjson.dumps({**monitor.last_estimate, "baseline": monitor.baseline})
-        return monitors, estimates, {"offsets": orjson.dumps(self.offsets)}, list(self.alerts)
+        return MonitorChanges(monitors, references, estimates, {"offsets": orjson.dumps(self.offsets)},
+                              list(self.alerts))
 
     def mark_clean(self) -> None:
+        for ident in self._dirty:
+            self._references_saved[ident] = self.monitors[ident].references_state()
         self._dirty.clear()
         self.alerts.clear()
 
-    def restore(self, monitors: dict[bytes, bytes], meta: dict[bytes, bytes], signer: Signer) -> None:
-        for raw in monitors.values():
-            monitor, refused = ModelMonitor.from_bytes(raw, self.config, signer)
+    def restore(self, monitors: dict[bytes, bytes], references: dict[bytes, bytes], meta: dict[bytes, bytes],
+                signer: Signer) -> None:
+        for field_name, raw in monitors.items():
+            monitor, refused = ModelMonitor.from_bytes(raw, self.config, signer, references.get(field_name))
             if refused is not None:
                 log.error("drift detector of %s %s not restored, starting afresh: %s",
                           monitor.model, monitor.version, refused)
             self.monitors[(monitor.model, monitor.version)] = monitor
+            self._references_saved[(monitor.model, monitor.version)] = monitor.references_state()
         if b"offsets" in meta:
             self.offsets = orjson.loads(meta[b"offsets"])
 

@@ -107,10 +107,15 @@ def test_bad_settings_fail_naming_the_setting():
 def test_checkpoint_round_trip_continues_identically():
     a = ModelMonitor("m", "1", config(), epoch="e")
     feed_errors(a, [(1500, 0.05)])
-    b, refused = ModelMonitor.from_bytes(a.to_bytes(SIGNER), config(), SIGNER)
-    assert refused is None
+    rng = random.Random(4)
+    for i in range(300):
+        a.observe(prediction(i, rng.gauss(0, 1)))
+    b, refused = ModelMonitor.from_bytes(a.to_bytes(SIGNER), config(), SIGNER, a.references_bytes())
+    assert refused is None and b.references_state() == a.references_state() == (True, True)
     rest = [(1500, 0.05), (2000, 0.6)]
     assert feed_errors(a, rest, seed=9) == feed_errors(b, rest, seed=9)
+    drifted = [prediction(i, rng.gauss(2, 1)) for i in range(300, 600)]
+    assert [a.observe(o) for o in drifted] == [b.observe(o) for o in drifted]
 
 
 def test_a_tampered_detector_is_replaced_not_loaded():
