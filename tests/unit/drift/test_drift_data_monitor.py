@@ -132,7 +132,7 @@ def test_features_filter() -> None:
     mon = FeatureDriftMonitor(reference_size=100, window_size=50, features=["x1", "c"])
     feed(mon, rows(0, 100))
     assert mon.features == {"c": "categorical", "x1": "numeric"}
-    assert mon.alpha == pytest.approx(0.005)
+    assert mon.alpha == pytest.approx(0.9 * 0.01 / 2)
 
 
 def snapshot(mon: FeatureDriftMonitor) -> FeatureDriftMonitor:
