@@ -131,7 +131,9 @@ class MetricsSnapshot(Event):
     label_delay_p50: float | None = None
     label_delay_p95: float | None = None
     estimated_accuracy: float | None = Field(
-        None, description="confidence-based accuracy estimate of the latest window, before labels")
+        None, description="accuracy estimate of the latest window: labels known so far, confidence for the rest")
+    estimate_reconciled: dict[str, Any] | None = Field(
+        None, description="the latest window whose labels landed since: estimated vs realized accuracy")
 
 
 class DriftAlert(Event):

@@ -156,6 +156,11 @@ class ModelMonitor:
         self.estimator = PerformanceEstimator(window_size=config.estimate_window)
         self.baseline: float | None = None
         self.last_estimate: dict[str, Any] | None = None
+        #: ids of the open estimation window; of the last closed one, with their truth once known
+        self.open_ids: list[str] = []
+        self.closed_ids: dict[str, bool | None] = {}
+        self.closed_window: dict[str, Any] | None = None
+        self.reconciled: deque[dict[str, Any]] = deque(maxlen=20)
         self.outcomes = 0
         self.last_change = -1
         self.alerts: dict[str, AlertState] = {}
@@ -177,6 +182,7 @@ class ModelMonitor:
         if obs["c"] is not None:
             pred["confidence"] = obs["c"]
             self.estimator.observe_prediction(obs["id"], obs["c"])
+            self.open_ids.append(obs["id"])
             if self.estimator.is_full:
                 window = self.estimator.close_window()
                 if window is not None:
@@ -191,6 +197,8 @@ class ModelMonitor:
         correct = bool(obs["ok"])
         if obs["c"] is not None:
             self.estimator.observe_outcome(obs["c"], correct, obs["id"])
+        if self.closed_ids.get(obs["id"], True) is None:
+            self.closed_ids[obs["id"]] = correct
         self.outcomes += 1
         self.recent_times.append(obs["pt"])
         self.detector.update(0 if correct else 1)
@@ -210,9 +218,22 @@ class ModelMonitor:
                                  f"no change in the last {self.config.resolve_samples} outcomes")
         return []
 
+    def _reconcile(self) -> None:
+        """The window closed before the one closing now: its estimate next to what the labels said."""
+        if self.closed_window is not None:
+            known = [ok for ok in self.closed_ids.values() if ok is not None]
+            self.reconciled.append({**self.closed_window, "labeled": len(known),
+                                    "realized_accuracy": sum(known) / len(known) if known else None})
+
     def _on_estimate(self, window: Any, at: float) -> list[dict[str, Any]]:
         estimate = float(window.estimated_accuracy)
-        self.last_estimate = {"estimated_accuracy": estimate, "window": int(window.index), "at": at}
+        self._reconcile()
+        self.closed_window = {"window": int(window.index), "estimated_accuracy": estimate,
+                              "count": int(window.count), "labeled_at_close": int(window.labeled_at_close)}
+        self.closed_ids = dict.fromkeys(self.open_ids)
+        self.open_ids = []
+        self.last_estimate = {"estimated_accuracy": estimate, "window": int(window.index), "at": at,
+                              "reconciled": list(self.reconciled)[-5:]}
         if self.baseline is None:
             self.baseline = estimate
             return []
@@ -292,6 +313,8 @@ class ModelMonitor:
             "last_estimate": self.last_estimate, "outcomes": self.outcomes, "last_change": self.last_change,
             "alerts": {k: asdict(v) for k, v in self.alerts.items()},
             "recent_times": list(self.recent_times)[-5000:],
+            "open_ids": self.open_ids, "closed_ids": self.closed_ids, "closed_window": self.closed_window,
+            "reconciled": list(self.reconciled),
         })
 
     def references_state(self) -> tuple[bool, bool]:
@@ -327,6 +350,9 @@ class ModelMonitor:
         monitor.outcomes, monitor.last_change = data["outcomes"], data["last_change"]
         monitor.alerts = {k: AlertState(**v) for k, v in data["alerts"].items()}
         monitor.recent_times.extend(data["recent_times"])
+        monitor.open_ids, monitor.closed_ids = data["open_ids"], data["closed_ids"]
+        monitor.closed_window = data["closed_window"]
+        monitor.reconciled.extend(data["reconciled"])
         return monitor, refused
 
 

@@ -38,11 +38,12 @@ class PartitionView:
 
 
 def merge(views: list[PartitionView], window_size: int, now: datetime | None = None,
-          estimates: dict[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
+          estimates: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The MetricsSnapshots (as dicts), cumulative then rolling, for every model version and segment.
 
-    ``estimates`` (model, version) -> the latest estimated accuracy before labels, shown on the
-    whole-version snapshots.
+    ``estimates`` (model, version) -> the drift monitor's latest estimate: shown on the
+    whole-version snapshots as ``estimated_accuracy`` (latest window) and ``estimate_reconciled``
+    (the latest window whose labels have landed since: its estimate next to its realized accuracy).
     """
     keys = sorted({k for v in views for k in v.cumulative})
     orphans = sum(v.counters.get("orphan_labels", 0) for v in views)
@@ -64,7 +65,10 @@ def merge(views: list[PartitionView], window_size: int, now: datetime | None = N
             "orphan_labels": orphans, "updated_at": updated_at,
         }
         if not tag and estimates and (model, version) in estimates:
-            common["estimated_accuracy"] = estimates[(model, version)]
+            latest = estimates[(model, version)]
+            common["estimated_accuracy"] = latest["estimated_accuracy"]
+            if latest.get("reconciled"):
+                common["estimate_reconciled"] = latest["reconciled"][-1]
         candidates = [item for v in views for item in v.window.get(key, ())]
         rolling = RollingWindow(window_size)
         for _, _, raw in heapq.nlargest(window_size, candidates, key=lambda t: (t[0], t[1])):
@@ -100,13 +104,13 @@ async def read_views(redis: Redis, settings: Settings) -> list[PartitionView]:
     return views
 
 
-async def read_estimates(redis: Redis, settings: Settings) -> dict[tuple[str, str], float]:
-    """The latest estimated accuracy per model version (written by the drift monitor)."""
+async def read_estimates(redis: Redis, settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
+    """The latest estimate per model version (written by the drift monitor)."""
     raw = await redis.hgetall(settings.key("estimates"))
     out = {}
     for field_raw, value in raw.items():
         model, version = field_raw.decode().split(SEPARATOR, 1)
-        out[(model, version)] = orjson.loads(value)["estimated_accuracy"]
+        out[(model, version)] = orjson.loads(value)
     return out
 
 

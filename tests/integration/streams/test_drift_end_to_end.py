@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from consumers.alerts import AlertConsumer
@@ -96,6 +97,9 @@ def test_one_alert_per_kind_and_feature_and_none_again_after_a_restart(make_sett
             wait_for("the monitor to see every observation", lambda: monitor_done(worker, 2 * 6000),
                      timeout=60, interval=0.5)
             before_restart = pairs(hook.received(), "firing")
+            estimate = orjson.loads(redis.Redis.from_url(settings.redis_url).hget(settings.key("estimates"), "m\x1f1"))
+            assert abs(estimate["estimated_accuracy"] - 0.5) < 0.1  # phase B: half the predictions wrong
+            assert estimate["reconciled"] and estimate["reconciled"][-1]["labeled"] > 0
             assert len(before_restart) == len(set(before_restart)), f"an alert reached the webhook twice: {before_restart}"
 
             assert worker.stop() == 0

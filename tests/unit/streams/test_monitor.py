@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import orjson
@@ -165,3 +166,21 @@ def test_bad_detector_settings_stop_the_worker_command(monkeypatch, capsys):
     monkeypatch.setenv("FEEDBACK_LOOP_CONCEPT_DETECTOR", "nope")
     assert cli.main(["worker"]) == 1
     assert "concept_detector" in capsys.readouterr().err
+
+
+def test_estimates_are_reconciled_with_the_labels_that_land():
+    monitor = ModelMonitor("m", "1", config(estimate_window=100), epoch="e")
+    rng = random.Random(5)
+    for i in range(100):  # window 0 closes before any label
+        monitor.observe(prediction(i, rng.gauss(0, 1)))
+    assert monitor.last_estimate["window"] == 0 and monitor.last_estimate["reconciled"] == []
+    for i in range(100):  # its labels land: 70 right
+        monitor.observe(outcome(i, i < 70))
+    for i in range(100, 200):  # window 1 closes: window 0 is reconciled
+        monitor.observe(prediction(i, rng.gauss(0, 1)))
+    (rec,) = monitor.last_estimate["reconciled"]
+    assert (rec["window"], rec["labeled"], rec["labeled_at_close"], rec["realized_accuracy"]) == (0, 100, 0, 0.7)
+    assert math.isclose(rec["estimated_accuracy"], 0.9)
+    restored, _ = ModelMonitor.from_bytes(monitor.to_bytes(SIGNER), config(estimate_window=100), SIGNER,
+                                          monitor.references_bytes())
+    assert list(restored.reconciled) == list(monitor.reconciled) and restored.closed_ids == monitor.closed_ids
