@@ -38,7 +38,7 @@ import urllib.parse
 import urllib.request
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import redis as redis_lib
 
@@ -262,6 +262,34 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def _with_retries(sink: Any, alert: DriftAlert, once: Callable[[], None], cancel: threading.Event | None,
+                  rng: random.Random | None = None) -> None:
+    """Call ``once`` until it returns, retrying on :class:`_Retryable` with exponential backoff
+    (``sink.retries``, ``sink.backoff``, ``sink.max_backoff``); anything else propagates."""
+    last = "no attempt"
+    attempts = 0
+    for attempt in range(sink.retries + 1):
+        _check_cancel(cancel)
+        attempts += 1
+        try:
+            once()
+        except _Retryable as exc:
+            last = exc.reason
+            if attempt == sink.retries:
+                break
+            delay = backoff_delay(attempt, sink.backoff, sink.max_backoff, rng)
+            if exc.retry_after is not None:
+                delay = min(sink.max_backoff, max(delay, exc.retry_after))
+            log.warning("%s sink: alert %s attempt %d/%d failed (%s); retrying in %.2fs",
+                        sink.name, alert.alert_id, attempts, sink.retries + 1, last, delay)
+            _sleep(delay, cancel)
+            continue
+        if attempts > 1:
+            log.info("%s sink: alert %s delivered on attempt %d", sink.name, alert.alert_id, attempts)
+        return
+    raise UndeliverableError(f"gave up after {attempts} attempts: {last}", attempts=attempts)
+
+
 class WebhookSink(Sink):
     """POST each alert's JSON to ``url`` with the header ``Idempotency-Key: <alert_id>``.
 
@@ -319,28 +347,7 @@ class WebhookSink(Sink):
             **self.headers,
             "Idempotency-Key": _header_value(alert.alert_id),
         }
-        last = "no attempt"
-        attempts = 0
-        for attempt in range(self.retries + 1):
-            _check_cancel(cancel)
-            attempts += 1
-            try:
-                self._post(body, headers)
-            except _Retryable as exc:
-                last = exc.reason
-                if attempt == self.retries:
-                    break
-                delay = backoff_delay(attempt, self.backoff, self.max_backoff, self._rng)
-                if exc.retry_after is not None:
-                    delay = min(self.max_backoff, max(delay, exc.retry_after))
-                log.warning("webhook %s: alert %s attempt %d/%d failed (%s); retrying in %.2fs",
-                            self.name, alert.alert_id, attempts, self.retries + 1, last, delay)
-                _sleep(delay, cancel)
-                continue
-            if attempts > 1:
-                log.info("webhook %s: alert %s delivered on attempt %d", self.name, alert.alert_id, attempts)
-            return
-        raise UndeliverableError(f"gave up after {attempts} attempts: {last}", attempts=attempts)
+        _with_retries(self, alert, lambda: self._post(body, headers), cancel, self._rng)
 
     def _post(self, body: bytes, headers: dict[str, str]) -> None:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
@@ -424,27 +431,19 @@ class RedisSink(Sink):
 
     def deliver(self, alert: DriftAlert, *, cancel: threading.Event | None = None) -> None:
         payload = alert.to_json()
-        last = "no attempt"
-        attempts = 0
-        for attempt in range(self.retries + 1):
-            _check_cancel(cancel)
-            attempts += 1
+
+        def push() -> None:
             try:
                 pipe = self._client.pipeline(transaction=True)
                 pipe.lpush(self.key, payload)
                 pipe.ltrim(self.key, 0, self.max_length - 1)
                 pipe.execute()
-                return
             except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                raise _Retryable(f"{type(exc).__name__}: {exc}") from None
             except redis_lib.RedisError as exc:
                 raise UndeliverableError(f"Redis refused LPUSH to {self.key}: {exc} (not retried)") from None
-            if attempt < self.retries:
-                delay = backoff_delay(attempt, self.backoff, self.max_backoff)
-                log.warning("redis sink: alert %s attempt %d failed (%s); retrying in %.2fs",
-                            alert.alert_id, attempts, last, delay)
-                _sleep(delay, cancel)
-        raise UndeliverableError(f"gave up after {attempts} attempts: {last}", attempts=attempts)
+
+        _with_retries(self, alert, push, cancel)
 
     def close(self) -> None:
         if self._own_client:
