@@ -130,10 +130,10 @@ def messages(cases: list[Case]):
             yield "labels", pid.encode(), orjson.dumps({"prediction_id": pid, "label": y, "timestamp": stamp})
 
 
-def summarize(delays: list[int], missed: int, false_alarms: int, stationary: int) -> dict:
+def summarize(delays: list[int], missed: int) -> dict:
     return {"mean_delay": statistics.fmean(delays) if delays else None,
             "p90_delay": float(np.percentile(delays, 90)) if delays else None,
-            "missed": missed, "false_alarms_per_100k": 1e5 * false_alarms / stationary}
+            "missed": missed}
 
 
 def score(cases: list[Case], hits: dict[str, list[int]]) -> tuple[dict, dict]:
@@ -149,7 +149,7 @@ def score(cases: list[Case], hits: dict[str, list[int]]) -> tuple[dict, dict]:
             delays.append(after[0])
         else:
             by_kind[case.kind] = (delays, missed + 1)
-    return ({k: summarize(d, m, 0, 1) for k, (d, m) in by_kind.items()},
+    return ({k: summarize(d, m) for k, (d, m) in by_kind.items()},
             {"false_alarms_per_100k": 1e5 * false_alarms / stationary})
 
 

@@ -92,11 +92,6 @@ def _number(text: str) -> Any:
         return text
 
 
-def _target(value: Any) -> Any:
-    """A CSV cell as a class label or number: keep strings of words, parse numbers."""
-    return _number(value) if isinstance(value, str) else value
-
-
 def _row_to_fields(row: Mapping[str, Any], i: int, opts: ReplayOptions) -> tuple[dict[str, Any], Any, Any]:
     row = dict(row)
     label = row.pop(opts.label_column, None)
@@ -110,7 +105,7 @@ def _row_to_fields(row: Mapping[str, Any], i: int, opts: ReplayOptions) -> tuple
         "model": row.pop("model", None) or opts.model,
         "model_version": row.pop("model_version", None) or opts.model_version,
         "timestamp": ts,
-        "prediction": _target(row.pop(opts.prediction_column)),
+        "prediction": parse_cell(row.pop(opts.prediction_column)),
     }
     if "features" in row:  # JSONL
         fields.update(row)
@@ -118,7 +113,7 @@ def _row_to_fields(row: Mapping[str, Any], i: int, opts: ReplayOptions) -> tuple
         scores = {k[6:]: float(v) for k, v in row.items() if k.startswith("score_") and v != ""}
         tags = {k[4:]: str(v) for k, v in row.items() if k.startswith("tag_") and v != ""}
         confidence = row.pop("confidence", None)
-        fields["features"] = {k: _number(v) if isinstance(v, str) else v for k, v in row.items()
+        fields["features"] = {k: parse_cell(v) for k, v in row.items()
                               if not k.startswith(("score_", "tag_")) and k not in _RESERVED}
         if scores:
             fields["scores"] = scores
@@ -126,7 +121,7 @@ def _row_to_fields(row: Mapping[str, Any], i: int, opts: ReplayOptions) -> tuple
             fields["tags"] = tags
         if confidence not in (None, ""):
             fields["confidence"] = float(confidence)
-    return fields, (None if label in (None, "") else _target(label)), label_ts
+    return fields, (None if label in (None, "") else parse_cell(label)), label_ts
 
 
 def events_from_rows(rows: Iterable[Mapping[str, Any]], opts: ReplayOptions) -> Iterator[ReplayEvent]:
