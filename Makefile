@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit up clean
+.PHONY: install demo test unit up clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/feedback-loop demo
 
-test: $(STAMP)
+# The browser test drives Debian's chromium (Playwright comes with the test extra). Installed here
+# when missing and we are root with apt-get; never fatal: without it that test skips, saying why.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test (apt-get)"; \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; } || \
+	    echo "could not install chromium: the browser test will be skipped"; \
+	  else \
+	    echo "chromium is not installed (needs root and apt-get): the browser test will be skipped"; \
+	  fi; \
+	fi
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)

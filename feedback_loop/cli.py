@@ -6,15 +6,19 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from feedback_loop.errors import ConfigurationError, FeedbackLoopError
 from feedback_loop.settings import Settings
+
+#: The reviewer `up` makes when no reviewer_tokens are set.
+RUN_REVIEWER = "reviewer"
 
 EPILOG_SETTINGS = """\
 Settings come from FEEDBACK_LOOP_* environment variables (FEEDBACK_LOOP_KAFKA_BOOTSTRAP,
@@ -123,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sink-name", help="name under which deliveries are remembered; give each of several "
                                        "sinks of one kind its own (default: the sink kind)")
 
+    p = sub.add_parser("reviews", help="feed the Redis review queue from review-queue and outcomes",
+                       description="Consume review-queue (ReviewRequests from the routing agents) and outcomes "
+                                   "into the Redis review queue that the reviewer page reads. Each request is "
+                                   "queued once, highest priority first, within its model's hourly review "
+                                   "budget (event time); a full queue evicts its lowest item. A prediction "
+                                   "whose ground-truth label arrives leaves the queue, except a suspected "
+                                   "label error. Invalid messages go to dead-letters with the reason. Offsets "
+                                   "are committed only after Redis has the result, so a restart neither loses "
+                                   "nor doubles an item; while Redis is down the consumer waits and retries. "
+                                   "Stop with Ctrl-C or SIGTERM.",
+                       epilog="example: feedback-loop reviews --kafka localhost:9092 --redis redis://localhost:6379/0\n\n"
+                              "The rules come from FEEDBACK_LOOP_REVIEW_BUDGET_PER_HOUR (default 60), "
+                              "FEEDBACK_LOOP_REVIEW_BUDGETS (per model, e.g. '{\"churn\": 20}'), "
+                              "FEEDBACK_LOOP_REVIEW_BUDGET_BURST, FEEDBACK_LOOP_REVIEW_QUEUE_CAPACITY, "
+                              "FEEDBACK_LOOP_REVIEW_LEASE_SECONDS and FEEDBACK_LOOP_REVIEW_DEDUP_SECONDS.\n\n"
+                              + EPILOG_SETTINGS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--group-id", help="Kafka consumer group (default <app id>-reviews, i.e. feedback-loop-reviews)")
+    p.add_argument("--max-seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+
     p = sub.add_parser("schema", help="print the JSON Schemas of all events",
                        description="Print the JSON Schema of every topic's values as one JSON object "
                                    "keyed by topic, or of one topic with --topic.")
@@ -138,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-delay", type=int, default=48, help="rows (half-hours) before a label arrives (default 48)")
     p.add_argument("--pretrain", type=int, default=5000, help="rows the frozen model trains on (default 5000)")
     p.add_argument("--limit", type=int, help="use only the first N rows")
+    p.add_argument("--review-budget", type=float, default=0.05,
+                   help="share of each model's predictions the reviewers may answer (default 0.05)")
+    p.add_argument("--reviewers", type=int, default=2, help="simulated reviewers (default 2)")
+    p.add_argument("--review-lag", type=int, default=8000,
+                   help="extra rows before labels are published, the reviewers' head start (default 8000)")
+    p.add_argument("--rate", type=float, default=2500.0,
+                   help="messages published per second (default 2500, about what one worker keeps up with)")
     return parser
 
 
@@ -207,6 +239,11 @@ async def _serve(stack: Any, settings: Settings, host: str, port: int) -> None:
         print(f"kafka: {settings.kafka_bootstrap}", flush=True)
         print(f"redis: {settings.redis_url}", flush=True)
         print(f"web: http://{host}:{bound}", flush=True)
+        print(f"review: http://{host}:{bound}/review", flush=True)
+        if list(settings.reviewer_tokens) == [RUN_REVIEWER]:
+            token = settings.reviewer_tokens[RUN_REVIEWER].get_secret_value()
+            print(f"reviewer token (this run only; set FEEDBACK_LOOP_REVIEWER_TOKENS for your own): {token}",
+                  flush=True)
         say("running; Ctrl-C to stop")
         while True:
             stack.check_workers()
@@ -223,6 +260,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if args.web_port and not port_is_free(args.web_host, args.web_port):
         raise ConfigurationError(f"port {args.web_port} on {args.web_host} is taken; "
                                  "pick another --web-port (0 picks a free one)")
+    if not settings.reviewer_tokens:
+        settings = settings.model_copy(update={
+            "reviewer_tokens": {RUN_REVIEWER: SecretStr(secrets.token_urlsafe(18))}})
     return _supervised(settings, args, lambda stack, resolved: asyncio.run(
         _serve(stack, resolved, args.web_host, args.web_port)), workers=args.workers)
 
@@ -281,6 +321,14 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
                       json_lines=args.json_lines, group_id=args.group_id, sink_name=args.sink_name)
 
 
+def cmd_reviews(args: argparse.Namespace, settings: Settings) -> int:
+    _require_servers(settings, "reviews")
+    from consumers.reviews import run_reviews
+
+    run_reviews(settings, max_seconds=args.max_seconds, group_id=args.group_id, say=say)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
     from feedback_loop.events import json_schemas
 
@@ -296,9 +344,23 @@ def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from feedback_loop.demo import run_demo
 
+    if not 0 < args.review_budget <= 1:
+        raise ConfigurationError(f"--review-budget must be a share in (0, 1], got {args.review_budget}")
+    settings = settings.model_copy(update={
+        # Elec2 has two rows per hour of event time: a share of rows is 2 * share items per hour.
+        "review_budget_per_hour": 2.0 * args.review_budget,
+        # Labels are published review_lag rows late (see run_demo): keep predictions that long.
+        "prediction_ttl_seconds": max(settings.prediction_ttl_seconds,
+                                      (args.label_delay + args.review_lag + 2000) * 1800.0),
+        "outcome_retention_seconds": max(settings.outcome_retention_seconds,
+                                         (args.label_delay + args.review_lag + 2000) * 1800.0),
+        "reviewer_tokens": settings.reviewer_tokens or {
+            f"sim-{i}": SecretStr(secrets.token_urlsafe(18)) for i in range(args.reviewers)}})
+
     def body(stack: Any, resolved: Settings) -> None:
         report = run_demo(resolved, say=say, pretrain=args.pretrain, label_delay=args.label_delay,
-                          limit=args.limit)
+                          limit=args.limit, review_lag=args.review_lag, reviewers=args.reviewers,
+                          rate=args.rate)
         print("\nLive metrics of the loop (offline acc: the same accuracy computed directly):")
         print(report["table"])
         print(f"\nreport: {report['path']}")
@@ -308,7 +370,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "up": cmd_up, "worker": cmd_worker, "web": cmd_web, "replay": cmd_replay, "alerts": cmd_alerts,
-    "schema": cmd_schema, "demo": cmd_demo,
+    "reviews": cmd_reviews, "schema": cmd_schema, "demo": cmd_demo,
 }
 
 

@@ -30,6 +30,7 @@ from feedback_loop.errors import FeedbackLoopError
 from feedback_loop.events import LabelEvent, PredictionEvent
 from feedback_loop.replay import PublishStats, ReplayEvent, publish, schedule
 from feedback_loop.settings import Settings
+from feedback_loop.simulated_reviewers import BackgroundWeb, SimulatedReviewers, review_text
 from online_models.baselines import Frozen
 
 WEEKDAYS = {1: "mon", 2: "tue", 3: "wed", 4: "thu", 5: "fri", 6: "sat", 7: "sun"}
@@ -40,6 +41,7 @@ Say = Callable[[str], None]
 class DemoPlan:
     events: list[ReplayEvent]
     expected: dict[str, dict[str, float]]  # model -> offline count / correct / accuracy
+    truth: dict[str, tuple[str, str]]  # prediction id -> (prediction, true class)
 
 
 def build_events(pretrain: int = 5000, label_delay: int = 48, limit: int | None = None) -> DemoPlan:
@@ -50,6 +52,7 @@ def build_events(pretrain: int = 5000, label_delay: int = 48, limit: int | None 
         logreg.learn_one(x, y == "UP")
     frozen = Frozen(logreg)
     events: list[ReplayEvent] = []
+    truth: dict[str, tuple[str, str]] = {}
     tally = {m: [0, 0] for m in ("elec2-logreg", "elec2-no-change")}
     for i in range(pretrain, len(data)):
         x, y = data[i]
@@ -67,12 +70,14 @@ def build_events(pretrain: int = 5000, label_delay: int = 48, limit: int | None 
             events.append(ReplayEvent(
                 PredictionEvent(prediction_id=pid, model=model, model_version=version, timestamp=ts,
                                 features=x, prediction=pred, scores=scores, tags=tags),
-                LabelEvent(prediction_id=pid, label=y, timestamp=ts, source="elec2")))
+                LabelEvent(prediction_id=pid, label=y, timestamp=elec2.timestamp(i + label_delay),
+                           source="elec2")))
+            truth[pid] = (pred, y)
             tally[model][0] += 1
             tally[model][1] += pred == y
     expected = {m: {"count": n, "correct": c, "accuracy": c / n if n else 0.0}
                 for m, (n, c) in tally.items()}
-    return DemoPlan(events, expected)
+    return DemoPlan(events, expected, truth)
 
 
 async def _snapshots(settings: Settings) -> list[dict[str, Any]]:
@@ -160,24 +165,45 @@ def table(settings: Settings, expected: dict[str, dict[str, float]]) -> tuple[st
 
 
 def run_demo(settings: Settings, *, say: Say, pretrain: int = 5000, label_delay: int = 48,
-             limit: int | None = None, wait_timeout: float = 300.0) -> dict[str, Any]:
-    """Publish the demo stream into a running loop and report; ``settings`` must be resolved."""
+             limit: int | None = None, wait_timeout: float = 300.0, review_lag: int = 8000,
+             reviewers: int = 2, rate: float = 2500.0) -> dict[str, Any]:
+    """Publish the demo stream into a running loop and report; ``settings`` must be resolved.
+
+    Labels carry event times ``label_delay`` rows after their prediction but are published
+    ``label_delay + review_lag`` rows later: the replay compresses two years into a minute, and
+    the lag gives the simulated reviewers the seconds a real day gives real ones. ``rate`` paces
+    the publishing (messages per second) near what one worker processes, so the lag holds.
+    """
     say(f"preparing Elec2: training the frozen model on the first {pretrain:,} rows ...")
     plan = build_events(pretrain, label_delay, limit)
     total = sum(int(e["count"]) for e in plan.expected.values())
-    messages = schedule(plan.events, label_delay=2 * label_delay)
+    messages = schedule(plan.events, label_delay=2 * (label_delay + review_lag), restamp=False)
 
     alerts = AlertFeed(settings, say)
+    web = BackgroundWeb(settings).start()
+    say(f"dashboard: {web.url}/   reviewer page: {web.url}/review")
+    team = SimulatedReviewers(web.url, settings, plan.truth, reviewers).start()
 
     def progress(stats: PublishStats) -> None:
         say(f"published {stats.predictions:,} predictions, {stats.labels:,} labels "
             f"({(stats.predictions + stats.labels) / max(stats.seconds, 1e-9):,.0f} msg/s) | "
-            + _progress_line(settings, total))
+            + _progress_line(settings, total) + f" | reviewed {team.reviewed:,}, errors caught {team.caught:,}")
         alerts.poll()
+
+    try:
+        return _run(settings, plan, total, messages, alerts, team, progress, say, wait_timeout, rate)
+    finally:
+        team.stop()
+        web.stop()
+
+
+def _run(settings: Settings, plan: DemoPlan, total: int, messages: Any, alerts: AlertFeed,
+         team: SimulatedReviewers, progress: Callable[[PublishStats], None], say: Say,
+         wait_timeout: float, rate: float) -> dict[str, Any]:
 
     assert settings.kafka_bootstrap
     stats = publish(settings.kafka_bootstrap, settings.topics, messages, progress=progress,
-                    progress_every=2.0)
+                    progress_every=2.0, rate=rate)
     say(f"published {stats.predictions:,} predictions and {stats.labels:,} labels in {stats.seconds:.1f} s")
     deadline = time.monotonic() + wait_timeout
     last = 0.0
@@ -197,8 +223,10 @@ def run_demo(settings: Settings, *, say: Say, pretrain: int = 5000, label_delay:
         time.sleep(1.0)
     alerts.poll()
     alerts.close()
+    team.stop()
     text, rows = table(settings, plan.expected)
-    report = {"expected": plan.expected, "live": rows, "alerts": alerts.fired,
+    reviews = team.summary(plan)
+    report = {"expected": plan.expected, "live": rows, "alerts": alerts.fired, "reviews": reviews,
               "published": {"predictions": stats.predictions, "labels": stats.labels,
                             "seconds": stats.seconds}}
     path = Path(settings.data_dir) / "demo-report.json"
@@ -209,6 +237,7 @@ def run_demo(settings: Settings, *, say: Say, pretrain: int = 5000, label_delay:
     for a in firing:
         by_kind[a["kind"]] = by_kind.get(a["kind"], 0) + 1
     text += "\n\nDrift alerts fired: " + (", ".join(f"{n} {k}" for k, n in sorted(by_kind.items())) or "none")
+    text += "\n\n" + review_text(reviews)
     report["table"] = text
     report["path"] = str(path)
     return report

@@ -43,3 +43,19 @@ class OwnershipLostError(FeedbackLoopError):
 
 class CheckpointIntegrityError(FeedbackLoopError):
     """A stored checkpoint is unsigned, tampered with, or was written by other library versions."""
+
+
+class ReviewConflictError(FeedbackLoopError):
+    """A prediction already has a reviewer's verdict: the review queue keeps one verdict per item.
+
+    ``prediction_id`` and ``reviewer`` (who reviewed it first) are attributes; ``existing`` is the
+    stored verdict record.
+    """
+
+    def __init__(self, prediction_id: str, reviewer: str, existing: dict | None = None) -> None:
+        super().__init__(
+            f"prediction {prediction_id!r} was already reviewed by {reviewer!r}; one verdict per "
+            "item is kept, so this one was not recorded")
+        self.prediction_id = prediction_id
+        self.reviewer = reviewer
+        self.existing = dict(existing or {})

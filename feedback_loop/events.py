@@ -162,12 +162,20 @@ class ReviewRequest(Event):
     prediction_id: str
     model: str
     model_version: str
-    reason: str
-    priority: float
+    reason: str = Field(description="The policy that routed it: least_confidence, margin, entropy, "
+                                    "learned, shadow, label_error, drift or disagreement.")
+    priority: float = Field(ge=0, le=1, description="Higher is reviewed first (the policy's score).")
     prediction: Target
     features: dict[str, Any] = Field(default_factory=dict)
     scores: dict[str, float] | None = None
-    requested_at: AwareDatetime
+    requested_at: AwareDatetime = Field(description="Event time: the prediction's timestamp, or the "
+                                                    "label's for a suspected label error.")
+    confidence: float | None = None
+    label: Target | None = Field(None, description="The ground-truth label under suspicion (label_error).")
+    predicted_at: AwareDatetime | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    policy_scores: dict[str, float] = Field(default_factory=dict,
+                                            description="Every policy's score of the item.")
 
 
 class ModelUpdate(Event):

@@ -160,11 +160,13 @@ def read_file(path: Path) -> Iterator[dict[str, Any]]:
         raise ConfigurationError(f"replay file {path}: expected a .csv or .jsonl file, got {suffix!r}")
 
 
-def schedule(events: Iterable[ReplayEvent], label_delay: int) -> Iterator[tuple[str, bytes, bytes]]:
+def schedule(events: Iterable[ReplayEvent], label_delay: int,
+             restamp: bool = True) -> Iterator[tuple[str, bytes, bytes]]:
     """(topic kind, key, value) in publishing order: each label ``label_delay`` rows late.
 
     A delayed label is stamped with the time of the prediction it is published after, unless the
-    file gave it a timestamp of its own later than that.
+    file gave it a timestamp of its own later than that (or ``restamp`` is false: labels keep
+    their own timestamps).
     """
     if label_delay < 0:
         raise ConfigurationError("--label-delay must be >= 0")
@@ -176,7 +178,7 @@ def schedule(events: Iterable[ReplayEvent], label_delay: int) -> Iterator[tuple[
             waiting.append((row, event.label))
         while waiting and waiting[0][0] + label_delay <= row:
             _, label = waiting.popleft()
-            if label.timestamp < event.prediction.timestamp:
+            if restamp and label.timestamp < event.prediction.timestamp:
                 label = label.model_copy(update={"timestamp": event.prediction.timestamp})
             yield "labels", label.prediction_id.encode(), label.to_json()
     for _, label in waiting:

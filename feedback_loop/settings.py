@@ -116,6 +116,39 @@ class Settings(BaseSettings):
     signing_key: SecretStr | None = Field(
         None, description="Secret signing detector checkpoints (HMAC-SHA256); required by `worker`.")
 
+    # Review routing, the review queue and reviewers
+    review_policies: list[Literal["least_confidence", "margin", "entropy", "learned", "shadow",
+                                  "label_error", "drift", "disagreement"]] = Field(
+        default_factory=lambda: ["learned", "drift", "disagreement"],
+        description="Routing policies in use (also: least_confidence, margin, entropy, shadow, label_error); "
+                    "an item's priority is the highest score among them.")
+    review_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='Least score for a policy to route an item at all, e.g. {"least_confidence": 0.3}; '
+                    'above it the budget picks the highest priorities.')
+    review_budget_per_hour: float = Field(
+        60.0, gt=0, description="Review items per model per hour of event time (the prediction's timestamp).")
+    review_budgets: dict[str, float] = Field(
+        default_factory=dict, description='Per-model budgets, items per hour, e.g. {"churn": 20}.')
+    review_budget_burst: float = Field(
+        50.0, ge=1, description="Most unused budget items a model may save up and spend at once.")
+    review_label_error_confidence: float = Field(
+        0.9, gt=0.5, le=1, description="Confidence above which a contradicting label is suspected wrong.")
+    review_drift_samples: int = Field(
+        200, ge=0, description="Predictions of a model version sampled for review after a drift alert fires.")
+    review_queue_capacity: int = Field(
+        1000, ge=1, description="Most items waiting in the review queue; a full queue evicts the lowest priority.")
+    review_lease_seconds: float = Field(
+        300.0, gt=0, description="How long a reviewer holds a claimed item before it returns to the queue.")
+    review_dedup_seconds: float = Field(
+        30 * 24 * 3600.0, gt=0, description="How long an item routed, reviewed or labeled is remembered "
+                                            "so it is never routed again.")
+    reviewer_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Reviewer name -> access token, e.g. {"ana": "<token>"}; the server stamps the name on '
+                    "every verdict. With none set, the reviewer page and POST routes refuse everyone.")
+    web_session_seconds: float = Field(8 * 3600.0, gt=0, description="Lifetime of a reviewer's login.")
+
     # Faust / consumer
     broker_rebalance_timeout: float = Field(5.0, gt=0, description="Consumer-group rebalance timeout (s).")
     broker_session_timeout: float = Field(10.0, gt=0)
@@ -156,6 +189,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json").items():
             if name == "signing_key" and self.signing_key is not None:
                 value = self.signing_key.get_secret_value()
+            if name == "reviewer_tokens":
+                value = {k: v.get_secret_value() for k, v in self.reviewer_tokens.items()}
             if value is None:
                 continue
             env[f"FEEDBACK_LOOP_{name.upper()}"] = (

@@ -52,6 +52,7 @@ class LocalStack:
         self.worker_start_timeout = worker_start_timeout
         self.servers: EmbeddedServers | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.reviews: subprocess.Popen[bytes] | None = None
         self.resolved: Settings = settings
         self.log_dir = Path(settings.data_dir) / "logs"
 
@@ -82,8 +83,17 @@ class LocalStack:
             reset_join_state(redis.Redis.from_url(r.redis_url), r)
         for i in range(self.workers):
             self.start_worker(i)
+        self.start_reviews()
         self.wait_workers(self.workers)
         return r
+
+    def start_reviews(self) -> subprocess.Popen[bytes]:
+        """The consumer feeding the Redis review queue (``feedback-loop reviews``)."""
+        env = {**self.env, **self.resolved.to_env()}
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.reviews = processes.spawn([sys.executable, "-m", "feedback_loop", "reviews"], env=env,
+                                       log_path=self.log_dir / "reviews.log")
+        return self.reviews
 
     def start_worker(self, index: int) -> subprocess.Popen[bytes]:
         env = {**self.env, **self.resolved.to_env()}
@@ -114,16 +124,23 @@ class LocalStack:
             f"see {self.log_dir}/worker-0.log")
 
     def check_workers(self) -> None:
-        """Raise if a worker process exited."""
+        """Raise if a worker or the review-queue consumer exited."""
         for i, proc in enumerate(self.procs):
             code = proc.poll()
             if code is not None:
                 raise RuntimeStartError(
                     f"worker {i} exited with code {code}; its log: {self.log_dir}/worker-{i}.log")
+        code = None if self.reviews is None else self.reviews.poll()
+        if code is not None:
+            raise RuntimeStartError(
+                f"the review-queue consumer exited with code {code}; its log: {self.log_dir}/reviews.log")
 
     def stop(self) -> None:
         """Stop workers, then servers; bounded by ``shutdown_timeout_seconds`` each."""
         timeout = self.settings.shutdown_timeout_seconds
+        if self.reviews is not None:
+            processes.stop(self.reviews, timeout)
+            self.reviews = None
         for proc in reversed(self.procs):
             processes.stop(proc, timeout)
         self.procs.clear()

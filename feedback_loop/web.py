@@ -7,11 +7,18 @@ Routes
 ``GET /api/models``   the live MetricsSnapshots (JSON list), merged from the partitions on read
 ``GET /api/alerts``   recent drift alerts (JSON list), newest first (``?limit=N``, default 100)
 ``GET /api/alerts/undeliverable``  alerts an alert consumer could not deliver, with the error
+``GET /api/history``  rolling / cumulative / estimated accuracy and label coverage per model version
+                      over time (``?minutes=N``, default 60), oldest first
+
+The dashboard, the reviewer page and the review routes are in :mod:`feedback_loop.web_review`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
+import time
 from typing import Any, Iterable
 
 import orjson
@@ -19,10 +26,18 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from consumers.review_queue import ReviewQueue
+from feedback_loop import web_review
 from feedback_loop.errors import BrokerUnavailableError
+from feedback_loop.events import ReviewFlag
 from feedback_loop.kafka_admin import wait_for_kafka
 from feedback_loop.settings import Settings
+from feedback_loop.webauth import Authenticator
 from streams.snapshots import SnapshotReader, read_counters
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -96,6 +111,19 @@ async def api_alerts_undeliverable(request: web.Request) -> web.Response:
     return _json(out)
 
 
+async def api_history(request: web.Request) -> web.Response:
+    settings, redis = request.app[SETTINGS], request.app[REDIS]
+    try:
+        minutes = float(request.query.get("minutes", "60"))
+        if not 0 < minutes <= 7 * 24 * 60:
+            raise ValueError
+    except ValueError:
+        return _json({"error": "minutes must be a number from 0 to 10080"}, 400)
+    since = time.time() - 60.0 * minutes
+    raw = await redis.zrangebyscore(settings.key("history"), since, "+inf")
+    return _json({"points": [orjson.loads(item) for item in raw]})
+
+
 async def api_models(request: web.Request) -> web.Response:
     snapshots, _ = await request.app[SNAPSHOTS].read()
     return _json(snapshots)
@@ -145,19 +173,57 @@ def create_web_app(settings: Settings) -> web.Application:
     assert settings.redis_url, "resolve the servers before building the web app"
     app = web.Application()
     app[SETTINGS] = settings
-    app[REDIS] = Redis.from_url(settings.redis_url)
+    # Retries ride out a Redis restart (the review queue lives there; AOF keeps it).
+    app[REDIS] = Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=2.0), 5),
+                                retry_on_error=[RedisConnectionError, RedisTimeoutError])
     app[SNAPSHOTS] = SnapshotReader(app[REDIS], settings)
 
+    tokens = {name: token.get_secret_value() for name, token in settings.reviewer_tokens.items()}
+    secret = (hashlib.sha256(b"web-sessions" + settings.signing_key.get_secret_value().encode()).digest()
+              if settings.signing_key is not None else secrets.token_bytes(32))
+    app[web_review.AUTH] = Authenticator(tokens, secret, settings.web_session_seconds)
+    app[web_review.QUEUE] = ReviewQueue(app[REDIS], settings)
+    publisher = FlagPublisher(settings)
+    app[web_review.PUBLISH] = publisher.publish
+
     async def _close(app: web.Application) -> None:
+        await publisher.close()
         await app[REDIS].aclose()
 
     app.on_cleanup.append(_close)
+    web_review.add_routes(app)
+    app.router.add_get("/api/history", api_history)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/api/models", api_models)
     app.router.add_get("/api/alerts", api_alerts)
     app.router.add_get("/api/alerts/undeliverable", api_alerts_undeliverable)
     return app
+
+
+class FlagPublisher:
+    """Publishes reviewers' verdicts on ``review-flags`` (started on first use, waits for the ack)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Any = None
+        self._lock = asyncio.Lock()
+
+    async def publish(self, flag: ReviewFlag) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                            request_timeout_ms=10_000)
+                await asyncio.wait_for(producer.start(), 15.0)
+                self._producer = producer
+        await asyncio.wait_for(self._producer.send_and_wait(
+            self.settings.topic("review-flags"), flag.to_json(), key=flag.prediction_id.encode()), 15.0)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
 
 
 async def start_web(settings: Settings, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -136,9 +136,10 @@ class CheckpointStore:
 def reset_join_state(client: SyncRedis, settings: Settings) -> int:
     """Delete every partition checkpoint and snapshot (the input topics were created anew)."""
     patterns = [settings.key(kind, "*") for kind in
-                ("join", "agg", "win", "meta", "owner", "mon", "monref", "monmeta", "monowner")]
+                ("join", "agg", "win", "meta", "owner", "mon", "monref", "monmeta", "monowner",
+                          "route")]
     keys = [k for pattern in patterns for k in client.scan_iter(match=pattern, count=500)]
-    keys += [settings.key(name) for name in ("partitions", "snapshots", "version", "estimates", "epoch")]
+    keys += [settings.key(name) for name in ("partitions", "snapshots", "version", "estimates", "epoch", "history")]
     keys += [settings.key("alerts", "recent")]
     return int(client.delete(*keys)) if keys else 0
 
@@ -152,8 +153,10 @@ class MonitorStore:
 
     RECENT_ALERTS = 1000
 
-    def __init__(self, redis: Redis, settings: Settings, config: Any, signer: Any, owner: str) -> None:
+    def __init__(self, redis: Redis, settings: Settings, config: Any, signer: Any, owner: str,
+                 routing: Any = None) -> None:
         self.redis, self.settings, self.config, self.signer = redis, settings, config, signer
+        self.routing = routing
         self.fence = Fence(redis, settings, "monowner", owner)
 
     async def epoch(self) -> str:
@@ -167,10 +170,11 @@ class MonitorStore:
         from streams.monitor_state import MonitorPartition
 
         k = self.settings.key
-        monitors, references, meta = await self.fence.claim(
-            partition, [k("mon", partition), k("monref", partition), k("monmeta", partition)])
-        state = MonitorPartition(partition, self.config, await self.epoch())
-        state.restore(monitors, references, meta, self.signer)
+        monitors, references, meta, routers = await self.fence.claim(
+            partition, [k("mon", partition), k("monref", partition), k("monmeta", partition),
+                        k("route", partition)])
+        state = MonitorPartition(partition, self.config, await self.epoch(), self.routing)
+        state.restore(monitors, references, meta, self.signer, routers)
         return state
 
     def release(self, partition: int) -> None:
@@ -185,6 +189,8 @@ class MonitorStore:
                 pipe.hset(k("mon", state.partition), mapping=changes.monitors)
             if changes.references:
                 pipe.hset(k("monref", state.partition), mapping=changes.references)
+            if changes.routers:
+                pipe.hset(k("route", state.partition), mapping=changes.routers)
             if changes.estimates:
                 pipe.hset(k("estimates"), mapping=changes.estimates)
             pipe.hset(k("monmeta", state.partition), mapping=changes.meta)

@@ -105,8 +105,9 @@ def is_regression(prediction: Target) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """What the join keeps of a prediction: its features only as a digest, to tell a
-    re-sent prediction from a different one under the same id."""
+    """What the join keeps of a prediction. The features digest tells a re-sent prediction from a
+    different one under the same id; the features themselves travel on with the outcome (the
+    learners and the review router need them when the truth arrives)."""
 
     model: str
     model_version: str
@@ -117,6 +118,7 @@ class Prediction:
     scores: dict[str, float] | None
     features_digest: str = ""
     confidence: float | None = None
+    features: dict[str, Any] | None = None
 
     @classmethod
     def from_event(cls, event: PredictionEvent) -> Prediction:
@@ -124,7 +126,7 @@ class Prediction:
             event.model, event.model_version, event.prediction, event.timestamp.timestamp(),
             event.timestamp.isoformat(), dict(event.tags),
             None if event.scores is None else dict(event.scores), _features_digest(event.features),
-            confidence_of(event),
+            confidence_of(event), event.features,
         )
 
     def same_as(self, other: Prediction) -> bool:
@@ -182,7 +184,7 @@ class Entry:
             self.prediction_id,
             None if p is None else [p.model, p.model_version, p.prediction, p.predicted_at,
                                     p.predicted_at_iso, p.tags, p.scores, p.features_digest,
-                                    p.confidence],
+                                    p.confidence, p.features],
             None if self.label is None else _truth_list(self.label),
             None if self.review is None else _truth_list(self.review),
             None if self.verdict is None else [self.verdict.label, self.verdict.correct,

@@ -1,8 +1,9 @@
-"""The drift monitors of one ``monitor-input`` partition, and their processing of records.
+"""The drift monitors and review routers of one ``monitor-input`` partition, and their
+processing of records.
 
 Like :class:`streams.partition.PartitionState`, it remembers the last applied offset so a record
 delivered twice is applied once, and it diverts, never crashes: an undecodable record becomes a
-dead letter. It returns the alerts to publish; the caller publishes them, checkpoints, then
+dead letter. It returns the alerts and review requests to publish; the caller publishes them, checkpoints, then
 commits the offsets.
 """
 
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 import orjson
 
-from feedback_loop.events import DriftAlert, dead_letter
+from feedback_loop.errors import CheckpointIntegrityError
+from feedback_loop.events import DriftAlert, ReviewRequest, dead_letter
+from feedback_loop.routing.router import Router, RoutingConfig
 from feedback_loop.signing import Signer
 from streams.monitor import ModelMonitor, MonitorConfig
 from streams.observations import SEPARATOR
@@ -28,6 +31,7 @@ class MonitorChanges(NamedTuple):
     estimates: dict[bytes, bytes]
     meta: dict[str, bytes]
     alerts: list[bytes]
+    routers: dict[bytes, bytes]
 
 
 @dataclass
@@ -37,7 +41,9 @@ class MonitorPartition:
     partition: int
     config: MonitorConfig
     epoch: str
+    routing: RoutingConfig | None = None
     monitors: dict[tuple[str, str], ModelMonitor] = field(default_factory=dict)
+    routers: dict[tuple[str, str], Router] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     alerts: list[bytes] = field(default_factory=list)
     _dirty: set[tuple[str, str]] = field(default_factory=set)
@@ -55,6 +61,7 @@ class MonitorPartition:
             if monitor is None:
                 monitor = self.monitors[ident] = ModelMonitor(obs["m"], obs["v"], self.config, self.epoch)
             raised = monitor.observe(obs)
+            requests = self._route(ident, obs, raised)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             letter = dead_letter(source_topic=record.topic, partition=record.partition, offset=record.offset,
                                  key=record.key, payload=record.value, reason=f"monitor observation: {exc!r}")
@@ -65,7 +72,20 @@ class MonitorPartition:
             body = DriftAlert.model_validate(alert).to_json()
             self.alerts.append(body)
             out.append(Emit("drift-alerts", alert["model"].encode(), body))
+        for request in requests:
+            out.append(Emit("review-queue", request["prediction_id"].encode(),
+                            ReviewRequest.model_validate(request).to_json()))
         return out
+
+    def _route(self, ident: tuple[str, str], obs: dict, raised: list[dict]) -> list[dict]:
+        if self.routing is None:
+            return []
+        router = self.routers.get(ident)
+        if router is None:
+            router = self.routers[ident] = Router(ident[0], ident[1], self.routing)
+        if any(alert["status"] == "firing" for alert in raised):
+            router.on_alert()
+        return router.on_prediction(obs) if obs["k"] == "p" else router.on_outcome(obs)
 
     def apply_all(self, records: list[Record], now: float = 0.0) -> list[Emit]:
         out: list[Emit] = []
@@ -75,17 +95,19 @@ class MonitorPartition:
 
     def changes(self, signer: Signer) -> MonitorChanges:
         """What to store: dirty monitors, references that just completed, estimates, offsets, alerts."""
-        monitors, references, estimates = {}, {}, {}
+        monitors, references, estimates, routers = {}, {}, {}, {}
         for ident in self._dirty:
             monitor = self.monitors[ident]
             field_name = SEPARATOR.join(ident).encode()
             monitors[field_name] = monitor.to_bytes(signer)
+            if ident in self.routers:
+                routers[field_name] = signer.dumps(self.routers[ident])
             if self._references_saved.get(ident) != monitor.references_state():
                 references[field_name] = monitor.references_bytes()
             if monitor.last_estimate is not None:
                 estimates[field_name] = orjson.dumps({**monitor.last_estimate, "baseline": monitor.baseline})
         return MonitorChanges(monitors, references, estimates, {"offsets": orjson.dumps(self.offsets)},
-                              list(self.alerts))
+                              list(self.alerts), routers)
 
     def mark_clean(self) -> None:
         for ident in self._dirty:
@@ -94,7 +116,7 @@ class MonitorPartition:
         self.alerts.clear()
 
     def restore(self, monitors: dict[bytes, bytes], references: dict[bytes, bytes], meta: dict[bytes, bytes],
-                signer: Signer) -> None:
+                signer: Signer, routers: dict[bytes, bytes] | None = None) -> None:
         for field_name, raw in monitors.items():
             monitor, refused = ModelMonitor.from_bytes(raw, self.config, signer, references.get(field_name))
             if refused is not None:
@@ -102,6 +124,17 @@ class MonitorPartition:
                           monitor.model, monitor.version, refused)
             self.monitors[(monitor.model, monitor.version)] = monitor
             self._references_saved[(monitor.model, monitor.version)] = monitor.references_state()
+        for field_name, raw in (routers or {}).items() if self.routing is not None else ():
+            model, version = field_name.decode().split(SEPARATOR, 1)
+            try:
+                router = signer.loads(raw)
+            except CheckpointIntegrityError as exc:
+                log.error("review router of %s %s not restored, starting afresh: %s", model, version, exc)
+                continue
+            router.config = self.routing
+            router.gate.budget_per_hour = self.routing.budget_for(model)
+            router.gate.burst = self.routing.burst
+            self.routers[(model, version)] = router
         if b"offsets" in meta:
             self.offsets = orjson.loads(meta[b"offsets"])
 

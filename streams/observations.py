@@ -28,20 +28,44 @@ def monitor_key(model: str, version: str) -> bytes:
 
 
 def prediction_observation(prediction_id: str, model: str, version: str, predicted_at: float,
-                           features: dict[str, Any], prediction: Any, confidence: float | None) -> tuple[bytes, bytes]:
-    """A new prediction: its features, predicted value and confidence."""
-    return monitor_key(model, version), orjson.dumps(
-        {"k": "p", "m": model, "v": version, "id": prediction_id, "t": predicted_at, "x": features,
-         "y": prediction, "c": confidence})
+                           features: dict[str, Any], prediction: Any, confidence: float | None,
+                           scores: dict[str, float] | None = None, tags: dict[str, str] | None = None,
+                           labeled: bool = False, challenger: Any = None) -> tuple[bytes, bytes]:
+    """A new prediction: its features, predicted value, confidence and scores; ``labeled`` when
+    its truth was already known on arrival; ``challenger`` a shadow prediction, if the producer
+    sent one (``{"prediction": ..., "confidence": ...}``)."""
+    obs: dict[str, Any] = {"k": "p", "m": model, "v": version, "id": prediction_id, "t": predicted_at,
+                           "x": features, "y": prediction, "c": confidence}
+    if scores:
+        obs["s"] = scores
+    if tags:
+        obs["tg"] = tags
+    if labeled:
+        obs["lab"] = True
+    if isinstance(challenger, dict) and "prediction" in challenger:
+        obs["sh"] = {"y": challenger["prediction"], "c": challenger.get("confidence")}
+    return monitor_key(model, version), orjson.dumps(obs)
 
 
 def outcome_observation(prediction_id: str, model: str, version: str, predicted_at: float,
                         labeled_at: float, correct: bool | None, confidence: float | None,
-                        revision: int) -> tuple[bytes, bytes]:
-    """An outcome revision: whether the prediction was right, and the confidence it had."""
-    return monitor_key(model, version), orjson.dumps(
-        {"k": "o", "m": model, "v": version, "id": prediction_id, "t": labeled_at, "pt": predicted_at,
-         "ok": correct, "c": confidence, "r": revision})
+                        revision: int, label: Any = None, source: str = "label",
+                        features: dict[str, Any] | None = None, prediction: Any = None,
+                        scores: dict[str, float] | None = None,
+                        first_label: bool = False) -> tuple[bytes, bytes]:
+    """An outcome revision: whether the prediction was right, the confidence it had, the true
+    class (``label``, canonical text; ``None`` when unknown) and its source, the prediction's
+    features, and ``first_label`` when this revision is the first to know the true class."""
+    obs: dict[str, Any] = {"k": "o", "m": model, "v": version, "id": prediction_id, "t": labeled_at,
+                           "pt": predicted_at, "ok": correct, "c": confidence, "r": revision,
+                           "l": label, "src": source, "y": prediction}
+    if features:
+        obs["x"] = features
+    if scores:
+        obs["s"] = scores
+    if first_label:
+        obs["lf"] = True
+    return monitor_key(model, version), orjson.dumps(obs)
 
 
 def decode(raw: bytes) -> dict[str, Any]:

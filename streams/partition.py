@@ -111,6 +111,11 @@ def decode_window_field(raw: bytes | str) -> tuple[AggKey, float, str]:
     return (model, version, name, value), predicted_at, pid
 
 
+def _value(target: join.Target) -> str | float:
+    """A prediction or label as the monitor sees it: a number for regression, else canonical text."""
+    return float(target) if join.is_regression(target) else join.class_key(target)
+
+
 def to_sample(entry: Entry, verdict: join.Verdict) -> Sample:
     """The metrics contribution of ``entry`` under ``verdict``."""
     p = entry.prediction
@@ -188,17 +193,21 @@ class PartitionState:
             for key in segments(p):
                 self._aggregate(key).predictions += 1
             out.append(Emit("monitor-input", *prediction_observation(
-                pid, p.model, p.model_version, p.predicted_at, event.features,
-                p.prediction if join.is_regression(p.prediction) else join.class_key(p.prediction),
-                p.confidence)))
+                pid, p.model, p.model_version, p.predicted_at, event.features, _value(p.prediction),
+                p.confidence, p.scores, p.tags, change.revised, (event.model_extra or {}).get("challenger"))))
         if not change.revised:
             return out
         self._count(entry, change.previous)
         assert p is not None and entry.verdict is not None
+        verdict, previous = entry.verdict, change.previous
         out.append(Emit("outcomes", pid.encode(), orjson.dumps(join.outcome(entry))))
+        regression = join.is_regression(p.prediction)
+        label = None if verdict.label is None else (
+            float(verdict.label) if regression else join.class_key(verdict.label))
         out.append(Emit("monitor-input", *outcome_observation(
-            pid, p.model, p.model_version, p.predicted_at, entry.verdict.labeled_at, entry.verdict.correct,
-            p.confidence, entry.revision)))
+            pid, p.model, p.model_version, p.predicted_at, verdict.labeled_at, verdict.correct,
+            p.confidence, entry.revision, label, verdict.source, p.features, _value(p.prediction), p.scores,
+            label is not None and (previous is None or previous.label is None))))
         return out
 
     def apply_all(self, records: Iterable[Record], now: float = 0.0) -> list[Emit]:

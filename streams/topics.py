@@ -22,11 +22,13 @@ class StreamTopics:
     dead_letters: faust.TopicT
     monitor_input: faust.TopicT
     drift_alerts: faust.TopicT
+    review_queue: faust.TopicT
 
     def name_of(self, kind: str) -> str:
         """The topic name of an emitted message kind (a contract topic name)."""
         return {"outcomes": self.outcomes, "dead-letters": self.dead_letters,
-                "monitor-input": self.monitor_input, "drift-alerts": self.drift_alerts}[kind].get_topic_name()
+                "monitor-input": self.monitor_input, "drift-alerts": self.drift_alerts,
+                "review-queue": self.review_queue}[kind].get_topic_name()
 
 
 def declare(app: faust.App, settings: Settings) -> StreamTopics:
@@ -39,4 +41,5 @@ def declare(app: faust.App, settings: Settings) -> StreamTopics:
         dead_letters=app.topic(t.dead_letters, **_RAW),
         monitor_input=app.topic(t.monitor_input, **_RAW),
         drift_alerts=app.topic(t.drift_alerts, **_RAW),
+        review_queue=app.topic(t.review_queue, **_RAW),
     )

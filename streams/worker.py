@@ -17,6 +17,7 @@ from feedback_loop.signing import Signer
 from streams.agents import join, metrics, monitor
 from streams.app import create_app
 from streams.checkpoint import CheckpointStore, MonitorStore
+from feedback_loop.routing.router import RoutingConfig
 from streams.monitor import MonitorConfig
 from streams.topics import declare
 
@@ -37,6 +38,7 @@ def build_app(settings: Settings) -> faust.App:
     """The worker's Faust app for ``settings`` (a Kafka bootstrap and a Redis URL must be set)."""
     assert settings.kafka_bootstrap and settings.redis_url, "resolve the servers before building a worker"
     config = MonitorConfig.from_settings(settings)  # bad detector settings fail here, at startup
+    routing = RoutingConfig.from_settings(settings)  # and bad routing settings
     signer = signer_for(settings)
     app = create_app(settings)
     topics = declare(app, settings)
@@ -45,7 +47,8 @@ def build_app(settings: Settings) -> faust.App:
     activity: dict[str, Any] = {"last_event_at": None}
     join_states = join.register(app, settings, topics, store, activity)
     monitor_states = monitor.register(app, settings, topics,
-                                      MonitorStore(redis, settings, config, signer, store.owner), activity)
+                                      MonitorStore(redis, settings, config, signer, store.owner, routing),
+                                      activity)
     metrics.register(app, settings, topics, redis)
     started = time.time()
     inputs = set(settings.topics[:3])

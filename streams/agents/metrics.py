@@ -8,6 +8,7 @@ Crashes only when Redis or Kafka fail (the timer then runs again at the next tic
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import faust
@@ -19,6 +20,39 @@ from streams.snapshots import SnapshotReader
 from streams.topics import StreamTopics
 
 _VOLATILE = ("updated_at",)
+#: Dashboard history: points older than this are trimmed.
+HISTORY_SECONDS = 7 * 24 * 3600.0
+HISTORY_POINTS = 50_000
+
+
+def history_points(snapshots: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """One point per model version (its whole-version snapshots) for the dashboard's charts."""
+    points: dict[tuple[str, str], dict[str, Any]] = {}
+    for snap in snapshots:
+        if snap["segment"]:
+            continue
+        point = points.setdefault((snap["model"], snap["model_version"]), {
+            "t": now, "model": snap["model"], "model_version": snap["model_version"]})
+        if snap["window"] == "cumulative":
+            point.update(accuracy=snap.get("accuracy"), label_coverage=snap.get("label_coverage"),
+                         count=snap.get("count"), predictions=snap.get("predictions"),
+                         estimated_accuracy=snap.get("estimated_accuracy"))
+        else:
+            point["rolling_accuracy"] = snap.get("accuracy")
+    return list(points.values())
+
+
+async def record_history(redis: Redis, settings: Settings, snapshots: list[dict[str, Any]], now: float) -> None:
+    """Append the points to ``{ns}:history`` (a sorted set by time) and trim old ones."""
+    points = history_points(snapshots, now)
+    if not points:
+        return
+    key = settings.key("history")
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {orjson.dumps(p, option=orjson.OPT_SORT_KEYS): now for p in points})
+        pipe.zremrangebyscore(key, "-inf", now - HISTORY_SECONDS)
+        pipe.zremrangebyrank(key, 0, -HISTORY_POINTS - 1)
+        await pipe.execute()
 
 
 def register(app: faust.App, settings: Settings, topics: StreamTopics, redis: Redis) -> Any:
@@ -37,6 +71,7 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, redis: Re
         if not changed:
             return
         await redis.set(settings.key("snapshots"), orjson.dumps(snapshots))
+        await record_history(redis, settings, snapshots, time.time())
         for snap in snapshots:
             ident = orjson.dumps([snap["model"], snap["model_version"], snap["segment"], snap["window"]],
                                  option=orjson.OPT_SORT_KEYS).decode()

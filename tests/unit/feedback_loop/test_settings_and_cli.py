@@ -38,7 +38,7 @@ def test_worker_without_servers_says_what_to_do(monkeypatch, capsys):
     assert "feedback-loop up" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["up", "worker", "web", "replay", "alerts", "schema", "demo"])
+@pytest.mark.parametrize("command", ["up", "worker", "web", "replay", "alerts", "reviews", "schema", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([command, "--help"])
