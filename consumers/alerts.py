@@ -161,7 +161,7 @@ class _Retry(Exception):
     """Leave this message uncommitted and consume it again later."""
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """``url`` without its password, for messages."""
     try:
         parts = urlsplit(url)
@@ -177,7 +177,7 @@ def _redis_client(url: str, timeout: float = 5.0) -> redis_lib.Redis:
     try:
         return redis_lib.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     except ValueError as exc:
-        raise ConfigurationError(f"invalid Redis URL {_safe_url(url)!r}: {exc}; fix --redis "
+        raise ConfigurationError(f"invalid Redis URL {safe_url(url)!r}: {exc}; fix --redis "
                                  "(FEEDBACK_LOOP_REDIS_URL), e.g. redis://localhost:6379/0") from None
 
 
@@ -473,7 +473,7 @@ class AlertConsumer:
 
 
 # ---------------------------------------------------------------------------- entry point
-def _say(message: str) -> None:
+def say_stderr(message: str) -> None:
     print(f"feedback-loop: {message}", file=sys.stderr, flush=True)
 
 
@@ -565,7 +565,7 @@ def run_alerts(
     BrokerUnavailableError, StoreUnavailableError
         Kafka or Redis did not answer.
     """
-    say = say or _say
+    say = say or say_stderr
     _require(settings)
     if not group_id or not group_id.strip():
         raise ConfigurationError("--group-id must not be empty")
@@ -579,11 +579,11 @@ def run_alerts(
             redis.ping()
         except redis_lib.RedisError as exc:
             raise StoreUnavailableError(
-                f"Redis at {_safe_url(settings.redis_url)} did not answer ({exc}); check --redis "
+                f"Redis at {safe_url(settings.redis_url)} did not answer ({exc}); check --redis "
                 "(FEEDBACK_LOOP_REDIS_URL) and that the server is running") from None
         _ensure_topic(settings)
         stop = stop or threading.Event()
-        restore = _install_signal_handlers(stop)
+        restore = install_signal_handlers(stop)
         try:
             with AlertConsumer(settings, the_sink, group_id=group_id, redis=redis) as consumer:
                 say(f"alerts: consuming {consumer.topic} as group {group_id!r}, delivering to "
@@ -598,7 +598,7 @@ def run_alerts(
         redis.close()
 
 
-def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
     """SIGINT and SIGTERM set ``stop``; returns a function restoring the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None

@@ -35,7 +35,7 @@ from kafka.structs import OffsetAndMetadata
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from consumers.alerts import _install_signal_handlers, _safe_url, _say
+from consumers.alerts import install_signal_handlers, safe_url, say_stderr
 from consumers.review_queue import ReviewQueue
 from feedback_loop.errors import (
     BrokerUnavailableError,
@@ -148,7 +148,7 @@ class ReviewConsumer:
             self._redis = aredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
                                                 retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3))
         except ValueError as exc:
-            raise ConfigurationError(f"invalid Redis URL {_safe_url(settings.redis_url)!r}: {exc}; fix --redis "
+            raise ConfigurationError(f"invalid Redis URL {safe_url(settings.redis_url)!r}: {exc}; fix --redis "
                                      "(FEEDBACK_LOOP_REDIS_URL), e.g. redis://localhost:6379/0") from None
         self.queue = ReviewQueue(self._redis, settings)
         self._loop = asyncio.new_event_loop()
@@ -214,7 +214,7 @@ class ReviewConsumer:
             self._loop.run_until_complete(self._redis.ping())
         except redis_lib.RedisError as exc:
             raise StoreUnavailableError(
-                f"Redis at {_safe_url(self.settings.redis_url or '')} did not answer ({exc}); check --redis "
+                f"Redis at {safe_url(self.settings.redis_url or '')} did not answer ({exc}); check --redis "
                 "(FEEDBACK_LOOP_REDIS_URL) and that the server is running") from None
 
     def run(self, stop: threading.Event | None = None, max_seconds: float | None = None) -> ReviewStats:
@@ -408,13 +408,13 @@ def run_reviews(settings: Settings, stop: threading.Event | None = None, max_sec
     BrokerUnavailableError, StoreUnavailableError
         Kafka or Redis did not answer at the start.
     """
-    say = say or _say
+    say = say or say_stderr
     if not settings.kafka_bootstrap or not settings.redis_url:
         raise ConfigurationError("`feedback-loop reviews` needs --kafka HOST:PORT and --redis URL: the broker and "
                                  "Redis of the running deployment (`feedback-loop up` prints both)")
     _ensure_topics(settings)
     stop = stop or threading.Event()
-    restore = _install_signal_handlers(stop)
+    restore = install_signal_handlers(stop)
     try:
         with ReviewConsumer(settings, group_id=group_id) as consumer:
             consumer.ping()
