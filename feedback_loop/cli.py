@@ -127,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sink-name", help="name under which deliveries are remembered; give each of several "
                                        "sinks of one kind its own (default: the sink kind)")
 
+    p = sub.add_parser("models", help="the model registry: list versions, promote or roll back by hand",
+                       description="List a model's registry versions and champion, or decide by hand: "
+                                   "`promote` makes VERSION (a registry version, or with --external the "
+                                   "producer's own model version) the champion, `rollback` restores the previous "
+                                   "champion. The decision goes through the model's learner, in order with its "
+                                   "outcomes, which announces it on model-updates (ModelUpdate with evidence "
+                                   "{\"by\": \"hand\"}); serving handles swap when they see it. The model must "
+                                   "have online challengers (FEEDBACK_LOOP_ONLINE_MODELS).",
+                       epilog="examples:\n  feedback-loop models list churn\n"
+                              "  feedback-loop models promote churn arf-u12000 --reason 'checked offline'\n"
+                              "  feedback-loop models rollback churn\n\n" + EPILOG_SETTINGS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("model", help="the producer's model name")
+    p.add_argument("version", nargs="?", help="the version to promote (promote only)")
+    p.add_argument("--external", action="store_true", help="VERSION is the producer's own model, not in the registry")
+    p.add_argument("--reason", default="", help="why, kept in the decision's evidence")
+
     p = sub.add_parser("reviews", help="feed the Redis review queue from review-queue and outcomes",
                        description="Consume review-queue (ReviewRequests from the routing agents) and outcomes "
                                    "into the Redis review queue that the reviewer page reads. Each request is "
@@ -329,6 +348,14 @@ def cmd_reviews(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    _require_servers(settings, "models")
+    from feedback_loop.model_commands import run_models
+
+    return run_models(settings, args.action, args.model, args.version, external=args.external,
+                      reason=args.reason)
+
+
 def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
     from feedback_loop.events import json_schemas
 
@@ -370,7 +397,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "up": cmd_up, "worker": cmd_worker, "web": cmd_web, "replay": cmd_replay, "alerts": cmd_alerts,
-    "reviews": cmd_reviews, "schema": cmd_schema, "demo": cmd_demo,
+    "reviews": cmd_reviews, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo,
 }
 
 

@@ -149,6 +149,31 @@ class Settings(BaseSettings):
                     "every verdict. With none set, the reviewer page and POST routes refuse everyone.")
     web_session_seconds: float = Field(8 * 3600.0, gt=0, description="Lifetime of a reviewer's login.")
 
+    # Online models, the registry, champion and challenger
+    online_models: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Challengers learned online per model, by spec name, e.g. {"churn": ["logreg", "arf"]}; '
+                    "models not named here learn nothing.")
+    online_model_specs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='More spec names, e.g. {"arf20": {"kind": "arf", "params": {"n_models": 20}}}; '
+                    "built-in: logreg, softmax, hat, arf, naive_bayes, last_label.")
+    registry_checkpoint_updates: int = Field(
+        1000, ge=1, description="A registry version of each challenger every N updates ...")
+    registry_checkpoint_seconds: float = Field(
+        300.0, gt=0, description="... or every T seconds, whichever comes first (and at shutdown).")
+    registry_keep: int = Field(20, ge=2, description="Registry versions kept per challenger.")
+    promotion_window: int = Field(
+        1000, ge=50, description="Paired outcomes (champion vs challenger) a promotion decision looks at.")
+    promotion_alpha: float = Field(
+        0.01, gt=0, lt=0.5, description="Significance of the one-sided exact McNemar test to promote.")
+    promotion_min_margin: float = Field(
+        0.01, ge=0, lt=1, description="Least accuracy gain (share of the window) to promote.")
+    rollback_window: int = Field(
+        1000, ge=50, description="Outcomes after a promotion over which the new champion is checked.")
+    rollback_margin: float = Field(
+        0.02, ge=0, lt=1, description="Accuracy below the one it was promoted with that rolls it back.")
+
     # Faust / consumer
     broker_rebalance_timeout: float = Field(5.0, gt=0, description="Consumer-group rebalance timeout (s).")
     broker_session_timeout: float = Field(10.0, gt=0)

@@ -21,6 +21,9 @@ state: it gets :class:`~feedback_loop.errors.OwnershipLostError` instead and mus
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import uuid
 from typing import Any, Callable
 
@@ -32,6 +35,9 @@ from redis.exceptions import WatchError
 from feedback_loop.errors import OwnershipLostError
 from feedback_loop.settings import Settings
 from streams.partition import PartitionState
+
+
+log = logging.getLogger(__name__)
 
 
 class Fence:
@@ -137,9 +143,10 @@ def reset_join_state(client: SyncRedis, settings: Settings) -> int:
     """Delete every partition checkpoint and snapshot (the input topics were created anew)."""
     patterns = [settings.key(kind, "*") for kind in
                 ("join", "agg", "win", "meta", "owner", "mon", "monref", "monmeta", "monowner",
-                          "route")]
+                          "route", "learn")]
     keys = [k for pattern in patterns for k in client.scan_iter(match=pattern, count=500)]
-    keys += [settings.key(name) for name in ("partitions", "snapshots", "version", "estimates", "epoch", "history")]
+    keys += [settings.key(name) for name in ("partitions", "snapshots", "version", "estimates", "epoch", "history",
+                                                       "learners")]
     keys += [settings.key("alerts", "recent")]
     return int(client.delete(*keys)) if keys else 0
 
@@ -154,9 +161,9 @@ class MonitorStore:
     RECENT_ALERTS = 1000
 
     def __init__(self, redis: Redis, settings: Settings, config: Any, signer: Any, owner: str,
-                 routing: Any = None) -> None:
+                 routing: Any = None, learning: dict[str, Any] | None = None, registry: Any = None) -> None:
         self.redis, self.settings, self.config, self.signer = redis, settings, config, signer
-        self.routing = routing
+        self.routing, self.learning, self.registry = routing, learning or {}, registry
         self.fence = Fence(redis, settings, "monowner", owner)
 
     async def epoch(self) -> str:
@@ -170,12 +177,57 @@ class MonitorStore:
         from streams.monitor_state import MonitorPartition
 
         k = self.settings.key
-        monitors, references, meta, routers = await self.fence.claim(
+        monitors, references, meta, routers, learners = await self.fence.claim(
             partition, [k("mon", partition), k("monref", partition), k("monmeta", partition),
-                        k("route", partition)])
-        state = MonitorPartition(partition, self.config, await self.epoch(), self.routing)
-        state.restore(monitors, references, meta, self.signer, routers)
+                        k("route", partition), k("learn", partition)])
+        state = MonitorPartition(partition, self.config, await self.epoch(), self.routing, learning=self.learning)
+        state.restore(monitors, references, meta, self.signer, routers, learners)
+        for model in state.refused_learners:
+            await asyncio.to_thread(self._from_registry, state, model)
         return state
+
+    def _from_registry(self, state: Any, model: str) -> None:
+        """A learner whose partition checkpoint was refused resumes from the registry's last good
+        versions of its challengers (or from scratch), and says so."""
+        from online_models.learner import ModelLearner
+
+        learner = ModelLearner(model, self.learning[model])
+        if self.registry is not None:
+            for name in learner.challengers:
+                found, refusals = self.registry.load_latest(model, name)
+                if found is not None:
+                    learner.challengers[name] = found.estimator
+                    learner.updates[name] = int(found.meta.get("updates", 0))
+                    log.warning("%s: challenger %s resumes from registry version %s (%d updates)%s", model,
+                                name, found.version, learner.updates[name],
+                                f"; refused: {refusals}" if refusals else "")
+            champion = self.registry.champion(model)
+            if champion is not None:
+                from online_models.learner import Champion
+
+                name = champion["version"].rsplit("-u", 1)[0]
+                learner.champion = Champion(champion["version"], name if name in learner.challengers else None,
+                                            champion.get("previous"))
+        state.learners[model] = learner
+
+    async def before_publish(self, state: Any) -> None:
+        """Registry writes and champion pointers decided in the batch, before its messages go out
+        (a handle told of a new champion finds its version)."""
+        saves, changes = list(state.registry_saves), list(state.champion_changes)
+        if self.registry is None or not (saves or changes):
+            state.registry_saves.clear()
+            state.champion_changes.clear()
+            return
+
+        def write() -> None:
+            for model, name, version, estimator, updates in saves:
+                self.registry.save(model, name, estimator, updates=updates, version=version)
+            for model, version, previous, action in changes:
+                self.registry.set_champion(model, version, previous=previous, reason=action)
+
+        await asyncio.to_thread(write)
+        state.registry_saves.clear()
+        state.champion_changes.clear()
 
     def release(self, partition: int) -> None:
         self.fence.release(partition)
@@ -191,6 +243,9 @@ class MonitorStore:
                 pipe.hset(k("monref", state.partition), mapping=changes.references)
             if changes.routers:
                 pipe.hset(k("route", state.partition), mapping=changes.routers)
+            if changes.learners:
+                pipe.hset(k("learn", state.partition), mapping=changes.learners)
+                pipe.hset(k("learners"), mapping=changes.learner_reports)
             if changes.estimates:
                 pipe.hset(k("estimates"), mapping=changes.estimates)
             pipe.hset(k("monmeta", state.partition), mapping=changes.meta)

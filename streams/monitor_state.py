@@ -1,9 +1,9 @@
-"""The drift monitors and review routers of one ``monitor-input`` partition, and their
-processing of records.
+"""The drift monitors, review routers and online learners of one ``monitor-input`` partition,
+and their processing of records.
 
 Like :class:`streams.partition.PartitionState`, it remembers the last applied offset so a record
 delivered twice is applied once, and it diverts, never crashes: an undecodable record becomes a
-dead letter. It returns the alerts and review requests to publish; the caller publishes them, checkpoints, then
+dead letter. It returns the alerts, review requests and model updates to publish; the caller publishes them, checkpoints, then
 commits the offsets.
 """
 
@@ -15,14 +15,21 @@ from typing import NamedTuple
 import orjson
 
 from feedback_loop.errors import CheckpointIntegrityError
-from feedback_loop.events import DriftAlert, ReviewRequest, dead_letter
+from feedback_loop.events import DriftAlert, ModelUpdate, ReviewRequest, dead_letter
 from feedback_loop.routing.router import Router, RoutingConfig
 from feedback_loop.signing import Signer
+from online_models.learner import LearnerConfig, ModelLearner
 from streams.monitor import ModelMonitor, MonitorConfig
 from streams.observations import SEPARATOR
 from streams.partition import Emit, Record
 
 log = logging.getLogger(__name__)
+
+
+def _now_iso(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
 class MonitorChanges(NamedTuple):
@@ -32,6 +39,8 @@ class MonitorChanges(NamedTuple):
     meta: dict[str, bytes]
     alerts: list[bytes]
     routers: dict[bytes, bytes]
+    learners: dict[bytes, bytes]
+    learner_reports: dict[bytes, bytes]
 
 
 @dataclass
@@ -44,9 +53,17 @@ class MonitorPartition:
     routing: RoutingConfig | None = None
     monitors: dict[tuple[str, str], ModelMonitor] = field(default_factory=dict)
     routers: dict[tuple[str, str], Router] = field(default_factory=dict)
+    learning: dict[str, LearnerConfig] = field(default_factory=dict)
+    learners: dict[str, ModelLearner] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     alerts: list[bytes] = field(default_factory=list)
+    #: registry writes due before this batch's messages are published: (model, name, version, estimator, updates)
+    registry_saves: list[tuple[str, str, str, object, int]] = field(default_factory=list)
+    #: champion changes decided in this batch: (model, version, previous, action)
+    champion_changes: list[tuple[str, str, str | None, str]] = field(default_factory=list)
+    refused_learners: list[str] = field(default_factory=list)
     _dirty: set[tuple[str, str]] = field(default_factory=set)
+    _dirty_learners: set[str] = field(default_factory=set)
     _references_saved: dict[tuple[str, str], tuple[bool, bool]] = field(default_factory=dict)
 
     def apply(self, record: Record) -> list[Emit]:
@@ -56,6 +73,9 @@ class MonitorPartition:
         self.offsets[record.topic] = record.offset
         try:
             obs = orjson.loads(record.value or b"")
+            updates = self._learn(obs)
+            if obs["k"] == "c":
+                return self._updates(updates)
             ident = (obs["m"], obs["v"])
             monitor = self.monitors.get(ident)
             if monitor is None:
@@ -75,6 +95,45 @@ class MonitorPartition:
         for request in requests:
             out.append(Emit("review-queue", request["prediction_id"].encode(),
                             ReviewRequest.model_validate(request).to_json()))
+        return out + self._updates(updates)
+
+    def _learn(self, obs: dict) -> list[dict]:
+        """Feed the model's learner, if it has one; a shadow prediction joins the observation."""
+        config = self.learning.get(obs["m"])
+        if config is None:
+            return []
+        learner = self.learners.get(obs["m"])
+        if learner is None:
+            learner = self.learners[obs["m"]] = ModelLearner(obs["m"], config)
+        self._dirty_learners.add(obs["m"])
+        if obs["k"] == "p":
+            shadow = learner.on_prediction(obs)
+            if shadow is not None and "sh" not in obs:
+                obs["sh"] = shadow
+            return []
+        if obs["k"] == "c":
+            return learner.on_control(obs)
+        return learner.on_outcome(obs)
+
+    def _updates(self, updates: list[dict]) -> list[Emit]:
+        out = []
+        for update in updates:
+            self.champion_changes.append((update["model"], update["version"], update["previous_version"],
+                                          update["action"]))
+            out.append(Emit("model-updates", update["model"].encode(), ModelUpdate.model_validate(update).to_json()))
+        return out
+
+    def _checkpoints(self, now: float) -> list[Emit]:
+        """Registry versions due (written before the batch is published), announced as updates."""
+        out = []
+        for model in sorted(self._dirty_learners):
+            learner = self.learners[model]
+            for name, version, estimator, updates in learner.due_checkpoints(now):
+                self.registry_saves.append((model, name, version, estimator, updates))
+                metrics = learner.report()["challengers"][name]
+                update = ModelUpdate(model=model, action="checkpoint", version=version, at=_now_iso(now),
+                                     evidence={"name": name, "updates": updates, **metrics})
+                out.append(Emit("model-updates", model.encode(), update.to_json()))
         return out
 
     def _route(self, ident: tuple[str, str], obs: dict, raised: list[dict]) -> list[dict]:
@@ -91,7 +150,7 @@ class MonitorPartition:
         out: list[Emit] = []
         for record in records:
             out.extend(self.apply(record))
-        return out
+        return out + self._checkpoints(now)
 
     def changes(self, signer: Signer) -> MonitorChanges:
         """What to store: dirty monitors, references that just completed, estimates, offsets, alerts."""
@@ -106,17 +165,21 @@ class MonitorPartition:
                 references[field_name] = monitor.references_bytes()
             if monitor.last_estimate is not None:
                 estimates[field_name] = orjson.dumps({**monitor.last_estimate, "baseline": monitor.baseline})
+        learners = {model.encode(): signer.dumps(self.learners[model]) for model in self._dirty_learners}
+        reports = {model.encode(): orjson.dumps(self.learners[model].report()) for model in self._dirty_learners}
         return MonitorChanges(monitors, references, estimates, {"offsets": orjson.dumps(self.offsets)},
-                              list(self.alerts), routers)
+                              list(self.alerts), routers, learners, reports)
 
     def mark_clean(self) -> None:
         for ident in self._dirty:
             self._references_saved[ident] = self.monitors[ident].references_state()
         self._dirty.clear()
+        self._dirty_learners.clear()
         self.alerts.clear()
 
     def restore(self, monitors: dict[bytes, bytes], references: dict[bytes, bytes], meta: dict[bytes, bytes],
-                signer: Signer, routers: dict[bytes, bytes] | None = None) -> None:
+                signer: Signer, routers: dict[bytes, bytes] | None = None,
+                learners: dict[bytes, bytes] | None = None) -> None:
         for field_name, raw in monitors.items():
             monitor, refused = ModelMonitor.from_bytes(raw, self.config, signer, references.get(field_name))
             if refused is not None:
@@ -135,6 +198,18 @@ class MonitorPartition:
             router.gate.budget_per_hour = self.routing.budget_for(model)
             router.gate.burst = self.routing.burst
             self.routers[(model, version)] = router
+        for raw_model, raw in (learners or {}).items():
+            model = raw_model.decode()
+            if model not in self.learning:
+                continue
+            try:
+                learner = signer.loads(raw)
+            except CheckpointIntegrityError as exc:
+                log.error("online learners of %s not restored from the partition checkpoint: %s", model, exc)
+                self.refused_learners.append(model)
+                continue
+            learner.config = self.learning[model]
+            self.learners[model] = learner
         if b"offsets" in meta:
             self.offsets = orjson.loads(meta[b"offsets"])
 

@@ -1,15 +1,15 @@
 """Compact observations for the drift monitor, on the internal ``monitor-input`` topic.
 
-The join agent owns partitions by ``prediction_id``; drift detection needs every observation of
-one model version in one place and in order. So the join publishes, per new prediction and per
-outcome revision, a small JSON record keyed by model version (``model`` + US + ``version``), and
-the monitor agent consumes that topic.
+The join agent owns partitions by ``prediction_id``; drift detection, review routing and online
+learning need every observation of one model in one place and in order. So the join publishes, per
+new prediction and per outcome revision, a small JSON record keyed by model, and the monitor agent
+consumes that topic (monitors and routers per model version, learners per model).
 
 Examples
 --------
 >>> key, value = outcome_observation("p-1", "m", "1", 10.0, 20.0, True, 0.8, 1)
 >>> key
-b'm\\x1f1'
+b'm'
 >>> decode(value)["ok"]
 True
 """
@@ -24,7 +24,9 @@ SEPARATOR = "\x1f"
 
 
 def monitor_key(model: str, version: str) -> bytes:
-    return f"{model}{SEPARATOR}{version}".encode()
+    """Observations are keyed by model: every version of a model, and the model's online learners,
+    see its observations in one partition, in order."""
+    return model.encode()
 
 
 def prediction_observation(prediction_id: str, model: str, version: str, predicted_at: float,

@@ -23,12 +23,13 @@ class StreamTopics:
     monitor_input: faust.TopicT
     drift_alerts: faust.TopicT
     review_queue: faust.TopicT
+    model_updates: faust.TopicT
 
     def name_of(self, kind: str) -> str:
         """The topic name of an emitted message kind (a contract topic name)."""
         return {"outcomes": self.outcomes, "dead-letters": self.dead_letters,
                 "monitor-input": self.monitor_input, "drift-alerts": self.drift_alerts,
-                "review-queue": self.review_queue}[kind].get_topic_name()
+                "review-queue": self.review_queue, "model-updates": self.model_updates}[kind].get_topic_name()
 
 
 def declare(app: faust.App, settings: Settings) -> StreamTopics:
@@ -42,4 +43,5 @@ def declare(app: faust.App, settings: Settings) -> StreamTopics:
         monitor_input=app.topic(t.monitor_input, **_RAW),
         drift_alerts=app.topic(t.drift_alerts, **_RAW),
         review_queue=app.topic(t.review_queue, **_RAW),
+        model_updates=app.topic(t.model_updates, **_RAW),
     )

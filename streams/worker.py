@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 import orjson
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from feedback_loop.errors import ConfigurationError
@@ -18,6 +19,8 @@ from streams.agents import join, metrics, monitor
 from streams.app import create_app
 from streams.checkpoint import CheckpointStore, MonitorStore
 from feedback_loop.routing.router import RoutingConfig
+from online_models.learner import learner_configs
+from online_models.registry import ModelRegistry
 from streams.monitor import MonitorConfig
 from streams.topics import declare
 
@@ -39,6 +42,7 @@ def build_app(settings: Settings) -> faust.App:
     assert settings.kafka_bootstrap and settings.redis_url, "resolve the servers before building a worker"
     config = MonitorConfig.from_settings(settings)  # bad detector settings fail here, at startup
     routing = RoutingConfig.from_settings(settings)  # and bad routing settings
+    learning = learner_configs(settings)  # and bad online model specs
     signer = signer_for(settings)
     app = create_app(settings)
     topics = declare(app, settings)
@@ -47,7 +51,9 @@ def build_app(settings: Settings) -> faust.App:
     activity: dict[str, Any] = {"last_event_at": None}
     join_states = join.register(app, settings, topics, store, activity)
     monitor_states = monitor.register(app, settings, topics,
-                                      MonitorStore(redis, settings, config, signer, store.owner, routing),
+                                      MonitorStore(redis, settings, config, signer, store.owner, routing,
+                                                   learning, ModelRegistry(SyncRedis.from_url(settings.redis_url),
+                                                                           settings, signer)),
                                       activity)
     metrics.register(app, settings, topics, redis)
     started = time.time()

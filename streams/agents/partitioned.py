@@ -65,6 +65,9 @@ async def publish_and_save(app: faust.App, topics: StreamTopics, states: Partiti
 
     Messages go straight to the producer (raw bytes, no Faust channel machinery per message).
     """
+    prepare = getattr(states.store, "before_publish", None)
+    if prepare is not None:
+        await prepare(state)
     if emits:
         send, name = app.producer.send, topics.name_of
         pending = [await send(name(m.kind), m.key, m.value, partition=None, timestamp=None, headers=None)
