@@ -114,7 +114,8 @@ class Settings(BaseSettings):
     alert_cooldown_seconds: float = Field(
         3600.0, ge=0, description="Event-time seconds before a resolved alert may fire again.")
     signing_key: SecretStr | None = Field(
-        None, description="Secret signing detector checkpoints (HMAC-SHA256); required by `worker`.")
+        None, description="Secret signing checkpoints (detectors, routers, learners, registry versions; "
+                          "HMAC-SHA256) and reviewer sessions; required by `worker`.")
 
     # Review routing, the review queue and reviewers
     review_policies: list[Literal["least_confidence", "margin", "entropy", "learned", "shadow",
