@@ -43,6 +43,7 @@ import redis as redis_lib
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from consumers.polling import PollingLoop
 from consumers.sinks import (
     DeliveryCancelled,
     PrintSink,
@@ -181,7 +182,7 @@ def _redis_client(url: str, timeout: float = 5.0) -> redis_lib.Redis:
                                  "(FEEDBACK_LOOP_REDIS_URL), e.g. redis://localhost:6379/0") from None
 
 
-class AlertConsumer:
+class AlertConsumer(PollingLoop):
     """Consume ``drift-alerts`` and deliver each alert to ``sink`` once.
 
     Parameters
@@ -251,10 +252,8 @@ class AlertConsumer:
         self.undeliverable_key = undeliverable_key(settings)
         self._own_redis = redis is None
         self._redis = redis if redis is not None else _redis_client(settings.redis_url or "")
-        self._cancel = threading.Event()
+        self.init_loop()
         self._failures: dict[tuple[str, int, int], int] = {}
-        self._consecutive_pauses = 0
-        self._deadline: float | None = None
         self._closed = False
 
         session_ms = int(settings.broker_session_timeout * 1000)
@@ -317,37 +316,7 @@ class AlertConsumer:
         timeouts and retries); one waiting for a retry when ``stop`` is set is abandoned and
         consumed again on the next start. Returns the totals.
         """
-        previous = self._cancel
-        if stop is not None:
-            self._cancel = stop
-        self._deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        total = PollStats()
-        try:
-            while not self._cancel.is_set():
-                remaining = self._remaining()
-                if remaining is not None and remaining <= 0:
-                    break
-                try:
-                    total.add(self.poll_once(timeout=1.0 if remaining is None else min(1.0, remaining)))
-                except kerrors.KafkaError as exc:
-                    log.error("polling %s failed: %s; retrying", self.topic, exc)
-                    self._pause()
-        finally:
-            self._cancel = previous
-            self._deadline = None
-        return total
-
-    def _remaining(self) -> float | None:
-        return None if self._deadline is None else self._deadline - time.monotonic()
-
-    def _pause(self) -> None:
-        """Wait before retrying after an outage: exponential, capped, cut short by stop/deadline."""
-        delay = min(self.max_pause_seconds, 0.5 * 2 ** min(self._consecutive_pauses, 10))
-        self._consecutive_pauses += 1
-        remaining = self._remaining()
-        if remaining is not None:
-            delay = min(delay, max(remaining, 0.0))
-        self._cancel.wait(delay)
+        return self.run_loop(stop, max_seconds, PollStats(), self.topic)
 
     # ------------------------------------------------------------------ one poll
     def poll_once(self, timeout: float = 1.0) -> PollStats:

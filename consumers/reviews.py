@@ -36,6 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from consumers.alerts import install_signal_handlers, safe_url, say_stderr
+from consumers.polling import PollingLoop
 from consumers.review_queue import ReviewQueue
 from feedback_loop.errors import (
     BrokerUnavailableError,
@@ -93,7 +94,7 @@ def default_group_id(settings: Settings) -> str:
     return f"{settings.app_id}-reviews"
 
 
-class ReviewConsumer:
+class ReviewConsumer(PollingLoop):
     """Feed the review queue from ``review-queue`` and ``outcomes``; see the module docstring.
 
     Parameters
@@ -138,9 +139,7 @@ class ReviewConsumer:
         self.commit_timeout = float(commit_timeout)
         self.max_pause_seconds = float(max_pause_seconds)
         self._clock = clock
-        self._cancel = threading.Event()
-        self._deadline: float | None = None
-        self._consecutive_pauses = 0
+        self.init_loop()
         self._closed = False
         try:
             # The client's own retry hides a dropped connection (a Redis restart); outages are
@@ -223,37 +222,7 @@ class ReviewConsumer:
         The message being handled when asked to stop finishes (a Redis retry is cut short and
         left uncommitted); returns the totals.
         """
-        previous = self._cancel
-        if stop is not None:
-            self._cancel = stop
-        self._deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        total = ReviewStats()
-        try:
-            while not self._cancel.is_set():
-                remaining = self._remaining()
-                if remaining is not None and remaining <= 0:
-                    break
-                try:
-                    total.add(self.poll_once(timeout=1.0 if remaining is None else min(1.0, remaining)))
-                except kerrors.KafkaError as exc:
-                    log.error("polling %s and %s failed: %s; retrying", self.requests_topic, self.outcomes_topic, exc)
-                    self._pause()
-        finally:
-            self._cancel = previous
-            self._deadline = None
-        return total
-
-    def _remaining(self) -> float | None:
-        return None if self._deadline is None else self._deadline - time.monotonic()
-
-    def _pause(self) -> None:
-        """Wait before retrying after an outage: exponential, capped, cut short by stop/deadline."""
-        delay = min(self.max_pause_seconds, 0.5 * 2 ** min(self._consecutive_pauses, 10))
-        self._consecutive_pauses += 1
-        remaining = self._remaining()
-        if remaining is not None:
-            delay = min(delay, max(remaining, 0.0))
-        self._cancel.wait(delay)
+        return self.run_loop(stop, max_seconds, ReviewStats(), f"{self.requests_topic} and {self.outcomes_topic}")
 
     # ------------------------------------------------------------------ one poll
     def poll_once(self, timeout: float = 1.0) -> ReviewStats:
