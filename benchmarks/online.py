@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=defaults.promotion_window, help="promotion window (outcomes)")
     ap.add_argument("--min-margin", type=float, default=defaults.promotion_min_margin, help="promotion margin")
     ap.add_argument("--skip-river", action="store_true", help="skip River's reference loops")
+    ap.add_argument("--challengers", nargs="+", default=["logreg", "arf"], help="challenger specs")
+    ap.add_argument("--policies", nargs="+", default=defaults.review_policies, help="review routing policies")
     args = ap.parse_args()
     data = list(elec2.rows())
     n = len(data) - args.pretrain
@@ -118,8 +120,9 @@ def main() -> None:
         online_arf = river_delayed("arf", data, args.pretrain, args.label_delay)
         print(f"online ARF(10)                  {online_arf:.4f}   (River, {time.perf_counter() - started:.0f} s)")
 
-    settings = Settings(online_models={MODEL: ["logreg", "arf"]}, review_budget_per_hour=2.0 * args.budget,
-                        promotion_window=args.window, promotion_min_margin=args.min_margin)
+    settings = Settings(online_models={MODEL: args.challengers}, review_budget_per_hour=2.0 * args.budget,
+                        promotion_window=args.window, promotion_min_margin=args.min_margin,
+                        review_policies=args.policies)
     pipe = Pipeline(settings)
     started = time.perf_counter()
     waiting: deque = deque()

@@ -168,7 +168,7 @@ class ReviewConsumer(PollingLoop):
         consumer = KafkaConsumer(
             self.requests_topic, self.outcomes_topic, bootstrap_servers=s.kafka_bootstrap,
             group_id=self.group_id, client_id="feedback-loop-reviews", enable_auto_commit=False,
-            auto_offset_reset=self.auto_offset_reset,
+            auto_offset_reset=self.auto_offset_reset, fetch_max_wait_ms=s.broker_fetch_max_wait_ms,
             session_timeout_ms=session_ms, heartbeat_interval_ms=heartbeat_ms,
             max_poll_records=self.max_poll_records, max_poll_interval_ms=max(300_000, int(
                 (self.redis_retry_seconds + 60) * 1000)),

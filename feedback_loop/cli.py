@@ -185,10 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review-budget", type=float, default=0.05,
                    help="share of each model's predictions the reviewers may answer (default 0.05)")
     p.add_argument("--reviewers", type=int, default=2, help="simulated reviewers (default 2)")
-    p.add_argument("--review-lag", type=int, default=8000,
-                   help="extra rows before labels are published, the reviewers' head start (default 8000)")
-    p.add_argument("--rate", type=float, default=2500.0,
-                   help="messages published per second (default 2500, about what one worker keeps up with)")
     return parser
 
 
@@ -376,18 +372,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.model_copy(update={
         # Elec2 has two rows per hour of event time: a share of rows is 2 * share items per hour.
         "review_budget_per_hour": 2.0 * args.review_budget,
-        # Labels are published review_lag rows late (see run_demo): keep predictions that long.
-        "prediction_ttl_seconds": max(settings.prediction_ttl_seconds,
-                                      (args.label_delay + args.review_lag + 2000) * 1800.0),
-        "outcome_retention_seconds": max(settings.outcome_retention_seconds,
-                                         (args.label_delay + args.review_lag + 2000) * 1800.0),
+        # The live champion: online challengers for the frozen model; short batches keep the
+        # replay's day-by-day lockstep quick (see feedback_loop.lockstep).
+        "online_models": settings.online_models or {"elec2-logreg": ["logreg"]},
+        # One worker: two partitions are plenty, and each day's round trip pays per partition.
+        "partitions": settings.partitions if "partitions" in settings.model_fields_set else 2,
+        "monitor_batch_within_seconds": min(settings.monitor_batch_within_seconds, 0.1),
+        "batch_within_seconds": min(settings.batch_within_seconds, 0.05),
         "reviewer_tokens": settings.reviewer_tokens or {
             f"sim-{i}": SecretStr(secrets.token_urlsafe(18)) for i in range(args.reviewers)}})
 
     def body(stack: Any, resolved: Settings) -> None:
         report = run_demo(resolved, say=say, pretrain=args.pretrain, label_delay=args.label_delay,
-                          limit=args.limit, review_lag=args.review_lag, reviewers=args.reviewers,
-                          rate=args.rate)
+                          limit=args.limit, reviewers=args.reviewers)
         print("\nLive metrics of the loop (offline acc: the same accuracy computed directly):")
         print(report["table"])
         print(f"\nreport: {report['path']}")

@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import orjson
+import redis as redis_sync
 from redis.asyncio import Redis
 from river import linear_model, preprocessing
 
 from feedback_loop import elec2
 from feedback_loop.errors import FeedbackLoopError
 from feedback_loop.events import LabelEvent, PredictionEvent
-from feedback_loop.replay import PublishStats, ReplayEvent, publish, schedule
+from feedback_loop.demo_report import champion_line, champion_report
+from feedback_loop.lockstep import Lockstep, publish_days
+from feedback_loop.replay import ReplayEvent
 from feedback_loop.settings import Settings
 from feedback_loop.simulated_reviewers import BackgroundWeb, SimulatedReviewers, review_text
 from online_models.baselines import Frozen
@@ -164,49 +167,71 @@ def table(settings: Settings, expected: dict[str, dict[str, float]]) -> tuple[st
     return "\n".join(out), rows
 
 
+def day_rows(plan: DemoPlan, label_delay: int) -> list[list[tuple[str, bytes, bytes]]]:
+    """Per row, its predictions followed by the labels of the row ``label_delay`` rows earlier;
+    the last labels in extra rows at the end."""
+    per_row: dict[int, list[ReplayEvent]] = {}
+    for event in plan.events:
+        per_row.setdefault(int(event.prediction.prediction_id.rsplit("-", 1)[1]), []).append(event)
+    order = sorted(per_row)
+    rows: list[list[tuple[str, bytes, bytes]]] = []
+    for n, i in enumerate(order + [None] * label_delay):  # type: ignore[list-item]
+        out = [] if i is None else [("predictions", e.prediction.prediction_id.encode(), e.prediction.to_json())
+                                    for e in per_row[i]]
+        if n >= label_delay:
+            out += [("labels", e.label.prediction_id.encode(), e.label.to_json())
+                    for e in per_row[order[n - label_delay]] if e.label is not None]
+        rows.append(out)
+    return rows
+
+
 def run_demo(settings: Settings, *, say: Say, pretrain: int = 5000, label_delay: int = 48,
-             limit: int | None = None, wait_timeout: float = 300.0, review_lag: int = 8000,
-             reviewers: int = 2, rate: float = 2500.0) -> dict[str, Any]:
+             limit: int | None = None, wait_timeout: float = 300.0, reviewers: int = 2) -> dict[str, Any]:
     """Publish the demo stream into a running loop and report; ``settings`` must be resolved.
 
-    Labels carry event times ``label_delay`` rows after their prediction but are published
-    ``label_delay + review_lag`` rows later: the replay compresses two years into a minute, and
-    the lag gives the simulated reviewers the seconds a real day gives real ones. ``rate`` paces
-    the publishing (messages per second) near what one worker processes, so the lag holds.
+    The replay goes out one day (``label_delay`` rows) at a time, each prediction followed by the
+    label of the row a day earlier, and waits for the loop and the reviewers between days
+    (:mod:`feedback_loop.lockstep`): reviewed items get their true class at once, the others a day
+    late, as in production.
     """
     say(f"preparing Elec2: training the frozen model on the first {pretrain:,} rows ...")
     plan = build_events(pretrain, label_delay, limit)
     total = sum(int(e["count"]) for e in plan.expected.values())
-    messages = schedule(plan.events, label_delay=2 * (label_delay + review_lag), restamp=False)
+    rows = day_rows(plan, label_delay)
 
     alerts = AlertFeed(settings, say)
     web = BackgroundWeb(settings).start()
     say(f"dashboard: {web.url}/   reviewer page: {web.url}/review")
     team = SimulatedReviewers(web.url, settings, plan.truth, reviewers).start()
+    lockstep = Lockstep(settings, timeout=wait_timeout)
+    started = time.monotonic()
+    last = {"at": 0.0}
 
-    def progress(stats: PublishStats) -> None:
-        say(f"published {stats.predictions:,} predictions, {stats.labels:,} labels "
-            f"({(stats.predictions + stats.labels) / max(stats.seconds, 1e-9):,.0f} msg/s) | "
-            + _progress_line(settings, total) + f" | reviewed {team.reviewed:,}, errors caught {team.caught:,}")
+    def progress(done: int) -> None:
+        if time.monotonic() - last["at"] < 2.0 and done < len(rows):
+            return
+        last["at"] = time.monotonic()
+        say(f"day {done // label_delay:,} of {len(rows) // label_delay:,} ({time.monotonic() - started:.0f} s) | "
+            + _progress_line(settings, total) + f" | reviewed {team.reviewed:,}, errors caught {team.caught:,}"
+            + champion_line(settings))
         alerts.poll()
 
     try:
-        return _run(settings, plan, total, messages, alerts, team, progress, say, wait_timeout, rate)
+        publish_days(lockstep, rows, label_delay, progress, check=team.check)
+        join, monitors, queue = lockstep.step_seconds
+        say(f"published {total:,} predictions and their labels in {time.monotonic() - started:.0f} s "
+            f"(flushing {lockstep.flush_seconds:.0f} s, waiting for the join {join:.0f} s, the monitors "
+            f"{monitors:.0f} s, the review queue {queue:.0f} s)")
+        return _finish(settings, plan, total, alerts, team, say, wait_timeout, label_delay)
     finally:
+        lockstep.close()
         team.stop()
         web.stop()
 
 
-def _run(settings: Settings, plan: DemoPlan, total: int, messages: Any, alerts: AlertFeed,
-         team: SimulatedReviewers, progress: Callable[[PublishStats], None], say: Say,
-         wait_timeout: float, rate: float) -> dict[str, Any]:
-
-    assert settings.kafka_bootstrap
-    stats = publish(settings.kafka_bootstrap, settings.topics, messages, progress=progress,
-                    progress_every=2.0, rate=rate)
-    say(f"published {stats.predictions:,} predictions and {stats.labels:,} labels in {stats.seconds:.1f} s")
+def _finish(settings: Settings, plan: DemoPlan, total: int, alerts: AlertFeed, team: SimulatedReviewers,
+            say: Say, wait_timeout: float, label_delay: int) -> dict[str, Any]:
     deadline = time.monotonic() + wait_timeout
-    last = 0.0
     while True:
         live = live_models(settings)
         done = {m: live.get((m, "cumulative"), {}).get("count", 0) for m in plan.expected}
@@ -216,19 +241,21 @@ def _run(settings: Settings, plan: DemoPlan, total: int, messages: Any, alerts: 
             raise FeedbackLoopError(
                 f"the loop produced {sum(done.values()):,} of {total:,} outcomes within {wait_timeout:.0f} s; "
                 f"see the worker log in {Path(settings.data_dir) / 'logs'}")
-        if time.monotonic() - last > 2:
-            say(_progress_line(settings, total))
-            last = time.monotonic()
         alerts.poll()
-        time.sleep(1.0)
+        time.sleep(0.5)
     alerts.poll()
     alerts.close()
     team.stop()
     text, rows = table(settings, plan.expected)
     reviews = team.summary(plan)
+    champion = champion_report(settings, plan, label_delay)
+    client = redis_sync.Redis.from_url(settings.redis_url or "")
+    try:
+        queue_stats = {k.decode(): int(v) for k, v in client.hgetall(settings.key("review", "stats")).items()}
+    finally:
+        client.close()
     report = {"expected": plan.expected, "live": rows, "alerts": alerts.fired, "reviews": reviews,
-              "published": {"predictions": stats.predictions, "labels": stats.labels,
-                            "seconds": stats.seconds}}
+              "review_queue": queue_stats, "champion": champion}
     path = Path(settings.data_dir) / "demo-report.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
@@ -238,6 +265,7 @@ def _run(settings: Settings, plan: DemoPlan, total: int, messages: Any, alerts: 
         by_kind[a["kind"]] = by_kind.get(a["kind"], 0) + 1
     text += "\n\nDrift alerts fired: " + (", ".join(f"{n} {k}" for k, n in sorted(by_kind.items())) or "none")
     text += "\n\n" + review_text(reviews)
+    text += "\n\n" + champion["text"]
     report["table"] = text
     report["path"] = str(path)
     return report

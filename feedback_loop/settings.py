@@ -120,8 +120,8 @@ class Settings(BaseSettings):
     # Review routing, the review queue and reviewers
     review_policies: list[Literal["least_confidence", "margin", "entropy", "learned", "shadow",
                                   "label_error", "drift", "disagreement"]] = Field(
-        default_factory=lambda: ["learned", "drift", "disagreement"],
-        description="Routing policies in use (also: least_confidence, margin, entropy, shadow, label_error); "
+        default_factory=lambda: ["learned", "disagreement"],
+        description="Routing policies in use (also: least_confidence, margin, entropy, shadow, drift, label_error); "
                     "an item's priority is the highest score among them.")
     review_thresholds: dict[str, float] = Field(
         default_factory=dict,
@@ -179,6 +179,10 @@ class Settings(BaseSettings):
     broker_rebalance_timeout: float = Field(5.0, gt=0, description="Consumer-group rebalance timeout (s).")
     broker_session_timeout: float = Field(10.0, gt=0)
     broker_heartbeat_interval: float = Field(1.0, gt=0)
+    broker_fetch_max_wait_ms: int = Field(
+        100, ge=1, le=5000,
+        description="Longest the broker holds a fetch waiting for data: the latency of the first message "
+                    "after a quiet moment (Faust's own default is 1500).")
     shutdown_timeout_seconds: float = Field(10.0, gt=0, description="Bound on any graceful stop before a kill.")
     log_level: str = Field("warning")
 

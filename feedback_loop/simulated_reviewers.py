@@ -80,6 +80,12 @@ class SimulatedReviewers:
         for thread in self.threads:
             thread.join(10)
 
+    def check(self) -> None:
+        """Raise if a reviewer thread died (the demo would wait for answers forever)."""
+        dead = [t.name for t in self.threads if not t.is_alive()]
+        if dead and not self._stop.is_set():
+            raise RuntimeStartError(f"simulated reviewers {dead} stopped unexpectedly; failures: {dict(self.failures)}")
+
     @property
     def reviewed(self) -> int:
         return len(self.verdicts)
@@ -108,7 +114,7 @@ class SimulatedReviewers:
                 continue
             item = reply.get("item") if status == 200 else None
             if item is None:
-                self._stop.wait(0.2)
+                self._stop.wait(0.02)
                 continue
             pid = item["prediction_id"]
             prediction, truth = self.truth.get(pid, (None, None))

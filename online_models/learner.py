@@ -36,6 +36,10 @@ from online_models import decisions
 from online_models.specs import ModelSpec, build
 
 
+HISTORY_EVERY = 250
+HISTORY_MAX = 2000
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     """Settings of one model's learners (see :class:`feedback_loop.settings.Settings`)."""
@@ -49,7 +53,9 @@ class LearnerConfig:
     checkpoint_updates: int = 1000
     checkpoint_seconds: float = 300.0
     max_pending: int = 200_000
-    dedupe_ids: int = 20_000
+    #: ids of the last learned outcomes kept to ignore republished ones: a crash republishes at
+    #: most one join batch (``batch_max`` records); settings make it three batches
+    dedupe_ids: int = 6_000
 
 
 @dataclass
@@ -96,6 +102,9 @@ class ModelLearner:
         self.pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.learned_ids: OrderedDict[str, None] = OrderedDict()
         self.duplicates = 0
+        self.predictions = 0
+        #: ``[predicted_at, served outcomes, served correct]`` every ``HISTORY_EVERY`` served outcomes
+        self.history: list[list[float]] = []
         self.champion: Champion | None = None
         self.checkpointed: dict[str, tuple[int, float]] = {name: (0, 0.0) for name in self.challengers}
         self.due: list[str] = []
@@ -118,7 +127,8 @@ class ModelLearner:
             shadows[name] = None if y is None else str(y)
             if y is not None:
                 offered[name] = {"y": str(y), "c": float(proba.get(y, 0.0)) if proba else None}
-        self.pending[obs["id"]] = {"s": shadows, "p": str(obs["y"])}
+        self.pending[obs["id"]] = {"s": shadows, "p": str(obs["y"]), "t": obs["t"]}
+        self.predictions += 1
         while len(self.pending) > self.config.max_pending:
             self.pending.popitem(last=False)
         # The second opinion for review routing: the best challenger that is not serving already.
@@ -157,6 +167,10 @@ class ModelLearner:
         champ = self.champion
         champion_ok = production_ok if champ.name is None else pending["s"].get(champ.name) == label
         self.served.add(champion_ok)
+        if self.served.n % HISTORY_EVERY == 0:
+            self.history.append([pending.get("t", obs.get("pt", 0.0)), self.served.n, self.served.correct])
+            if len(self.history) > HISTORY_MAX:
+                self.history = self.history[::2]
         for name, shadow in pending["s"].items():
             ok = shadow == label
             self.shadow[name].add(ok)
@@ -260,7 +274,10 @@ class ModelLearner:
                                        "prequential_n": self.prequential[name].n,
                                        "shadow_accuracy": self.shadow[name].accuracy,
                                        "shadow_n": self.shadow[name].n} for name in self.challengers},
-                "decisions": len(self.decisions), "duplicates_ignored": self.duplicates}
+                "decisions": len(self.decisions), "duplicates_ignored": self.duplicates,
+                "predictions": self.predictions, "history": self.history,
+                "updates": [{k: u[k] for k in ("action", "version", "previous_version", "at")}
+                            for u in self.decisions]}
 
 
 def learner_configs(settings: Any) -> dict[str, LearnerConfig]:
@@ -272,5 +289,5 @@ def learner_configs(settings: Any) -> dict[str, LearnerConfig]:
     return {model: LearnerConfig(tuple(challengers), settings.promotion_window, settings.promotion_alpha,
                                  settings.promotion_min_margin, settings.rollback_window,
                                  settings.rollback_margin, settings.registry_checkpoint_updates,
-                                 settings.registry_checkpoint_seconds)
+                                 settings.registry_checkpoint_seconds, dedupe_ids=3 * settings.batch_max)
             for model, challengers in resolved.items()}

@@ -1,18 +1,52 @@
 """The Faust application, and nothing else: topics, agents and services are wired in
-:mod:`streams.worker`."""
+:mod:`streams.worker`.
+
+One change to Faust's Kafka driver: Faust creates its aiokafka consumer with a fixed
+``fetch_max_wait_ms=1500``, so after a quiet moment the first new message can wait 1.5 s at the
+broker. :class:`App` sets ``broker_fetch_max_wait_ms`` from the settings instead.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+from faust.transport.drivers import aiokafka as driver
 
 from feedback_loop.settings import Settings
+
+
+class _ConsumerThread(driver.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka reads this attribute when it starts its fetcher (consumer.start()).
+        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
+        return consumer
+
+
+class _Consumer(driver.Consumer):
+    def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(driver.Transport):
+    Consumer = _Consumer
+
+
+class App(faust.App):
+    """``faust.App`` whose consumer waits at most ``fetch_max_wait_ms`` for data at the broker."""
+
+    fetch_max_wait_ms = 1500
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings) -> faust.App:
     """A Faust app for ``settings``, at-least-once (Tansu has no transactions)."""
     datadir = settings.data_dir / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -30,3 +64,5 @@ def create_app(settings: Settings) -> faust.App:
         autodiscover=False,
         loghandlers=[],
     )
+    app.fetch_max_wait_ms = settings.broker_fetch_max_wait_ms
+    return app

@@ -210,6 +210,25 @@ class MonitorStore:
                                             champion.get("previous"))
         state.learners[model] = learner
 
+    async def checkpoint_learners(self, states: list[Any]) -> None:
+        """Write every challenger with updates since its last registry version (at shutdown)."""
+        if self.registry is None:
+            return
+        saves = []
+        for state in states:
+            for model, learner in state.learners.items():
+                for name in learner.challengers:
+                    if learner.updates[name] > learner.checkpointed[name][0]:
+                        saves.append((model, name, learner.version_of(name), learner.challengers[name],
+                                      learner.updates[name]))
+
+        def write() -> None:
+            for model, name, version, estimator, updates in saves:
+                self.registry.save(model, name, estimator, updates=updates, version=version)
+                log.info("%s: challenger %s saved to the registry as %s at shutdown", model, name, version)
+
+        await asyncio.to_thread(write)
+
     async def before_publish(self, state: Any) -> None:
         """Registry writes and champion pointers decided in the batch, before its messages go out
         (a handle told of a new champion finds its version)."""

@@ -8,6 +8,8 @@ when Kafka or Redis fail. Bad detector settings fail the worker at startup inste
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import faust
@@ -16,6 +18,8 @@ from feedback_loop.settings import Settings
 from streams.agents import partitioned
 from streams.checkpoint import MonitorStore
 from streams.topics import StreamTopics
+
+log = logging.getLogger(__name__)
 
 
 def register(app: faust.App, settings: Settings, topics: StreamTopics, store: MonitorStore,
@@ -26,4 +30,15 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, store: Mo
     partitioned.register(app, "monitor", topics.monitor_input, {settings.topics.monitor_input},
                          10 * settings.batch_max, settings.monitor_batch_within_seconds, topics, states,
                          activity)
+
+    @app.on_before_shutdown.connect
+    async def _checkpoint_learners(sender: Any, **kwargs: Any) -> None:
+        """At shutdown (agents stopped), the challengers' latest weights go to the registry."""
+        loaded = [states.loaded(p) for p in states.owned()]
+        try:
+            await asyncio.wait_for(store.checkpoint_learners([s for s in loaded if s is not None]),
+                                   settings.shutdown_timeout_seconds / 2)
+        except asyncio.TimeoutError:
+            log.warning("registry checkpoints at shutdown did not finish in time")
+
     return states

@@ -28,6 +28,14 @@ def test_demo_runs_and_live_metrics_match_the_offline_numbers(tmp_path: Path) ->
         assert expected["count"] == 1000
         assert live[(model, "cumulative")]["count"] == expected["count"]
         assert live[(model, "cumulative")]["accuracy"] == expected["accuracy"]
+    # Day by day in lockstep: every routed item was answered before its label was published.
+    queue = report["review_queue"]
+    reviewed = sum(report["reviews"][m]["reviewed"] for m in report["expected"])
+    assert reviewed > 0 and queue.get("labeled", 0) == 0 and queue.get("removed_labeled", 0) == 0, queue
+    assert report["reviews"]["failures"] == {}
+    champion = report["champion"]
+    assert champion["total"]["champion"] is not None and len(champion["periods"]) == 8
+    assert "champion" in done.stdout and "no-change" in done.stdout
 
 
 def test_replay_rejects_a_bad_file_with_one_clear_line(tmp_path: Path) -> None:

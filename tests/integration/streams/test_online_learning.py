@@ -128,3 +128,43 @@ def test_sigkill_mid_replay_learns_each_outcome_once(make_settings, worker_facto
     r = report(settings)["challengers"]["logreg"]
     assert r["updates"] == ROWS and r["prequential_n"] == ROWS
     assert got_correct == expected_correct  # one partition: the same order, so the same accuracy
+
+
+class _Exploit:
+    """Unpickling this runs code: it appends to a marker file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (exec, (f"open({self.path!r}, 'a').write('ran')",))
+
+
+def test_tampered_learner_checkpoint_is_refused_and_the_registry_model_resumes(make_settings, worker_factory,
+                                                                              tmp_path):
+    from feedback_loop.signing import Signer
+
+    rows = list(elec2.rows())[:4000]
+    settings = learner_settings(make_settings, 1).model_copy(update={"registry_checkpoint_updates": 1000})
+    worker = worker_factory(settings)
+    msgs = messages(rows)
+    produce(settings, msgs[:6000])
+    wait_learned(settings, 3000)
+    assert worker.stop() == 0
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        versions = sorted(v.decode() for v in client.hkeys(settings.key("registry", MODEL, "blob")))
+        assert "logreg-u3000" in versions, versions
+        marker = tmp_path / "pwned"
+        forged = Signer(b"not-the-deployment-key-0123456789").dumps(_Exploit(str(marker)))
+        client.hset(settings.key("learn", 0), MODEL, forged)
+    finally:
+        client.close()
+    worker = worker_factory(settings)
+    produce(settings, msgs[6000:])
+    final = wait_learned(settings, 4000)
+    log = worker.log_path.read_text("utf-8", "replace")
+    print(final["challengers"]["logreg"], [line for line in log.splitlines() if "registry" in line][-3:])
+    assert not marker.exists(), "code in the refused checkpoint ran"
+    assert "signature does not match" in log and "resumes from registry version logreg-u3000" in log
+    assert final["challengers"]["logreg"]["updates"] == 4000  # 3,000 from the registry + 1,000 new
