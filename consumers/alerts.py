@@ -285,13 +285,6 @@ class AlertConsumer(PollingLoop):
     def __enter__(self) -> AlertConsumer:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def stop(self) -> None:
-        """Ask :meth:`run` (and a delivery waiting to retry) to stop soon; thread-safe."""
-        self._cancel.set()
-
     def close(self) -> None:
         """Leave the group without committing anything more; close the sink and owned clients."""
         if self._closed:

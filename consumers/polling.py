@@ -33,6 +33,16 @@ class PollingLoop:
     def poll_once(self, timeout: float = 1.0) -> Any:
         raise NotImplementedError
 
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ask :meth:`run_loop` (and a wait for a retry) to stop soon; thread-safe."""
+        self._cancel.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def run_loop(self, stop: threading.Event | None, max_seconds: float | None, total: _Stats,
                  what: str) -> _Stats:
         """Poll until ``stop`` is set, the consumer is stopped, or ``max_seconds`` have passed;

@@ -185,13 +185,6 @@ class ReviewConsumer(PollingLoop):
     def __enter__(self) -> ReviewConsumer:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to stop soon; thread-safe."""
-        self._cancel.set()
-
     def close(self) -> None:
         """Leave the group without committing anything more; close the clients and the event loop."""
         if self._closed:

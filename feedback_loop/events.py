@@ -45,6 +45,15 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonEmpty = Field(min_length=1, max_length=512)
 
 
+def utc_iso(t: float) -> str:
+    """Epoch seconds as an ISO-8601 UTC timestamp, the form events carry.
+
+    >>> utc_iso(0.0)
+    '1970-01-01T00:00:00+00:00'
+    """
+    return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
 class Event(BaseModel):
     """Base of all events: immutable, unknown fields kept (producers may add context)."""
 

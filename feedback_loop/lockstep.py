@@ -34,7 +34,6 @@ class Lockstep:
         self.redis = redis.Redis.from_url(settings.redis_url or "")
         self.tps = {kind: [TopicPartition(settings.topic(kind), p) for p in range(settings.partitions)]
                     for kind in ("predictions", "labels", "monitor-input", "review-queue")}
-        self.waited = 0.0
         self.flush_seconds = 0.0
         #: seconds spent waiting for the join, the monitors, and the review queue
         self.step_seconds = [0.0, 0.0, 0.0]
@@ -87,7 +86,6 @@ class Lockstep:
                         f"logs in {self.settings.data_dir}/logs")
                 time.sleep(0.01)
             self.step_seconds[n] += time.monotonic() - step_started
-        self.waited += time.monotonic() - started
 
     def close(self) -> None:
         self.producer.close(timeout=10)

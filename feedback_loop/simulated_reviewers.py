@@ -47,12 +47,14 @@ class BackgroundWeb:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(15)
-            self.runner = None
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(15)
+        try:
+            if self.runner is not None:
+                asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(15)
+                self.runner = None
+        finally:
+            if self.loop.is_running():
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.thread.join(15)
 
 
 class SimulatedReviewers:

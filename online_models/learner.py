@@ -29,12 +29,11 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+from feedback_loop.events import utc_iso
 from online_models import decisions
 from online_models.specs import ModelSpec, build
-
 
 HISTORY_EVERY = 250
 HISTORY_MAX = 2000
@@ -82,8 +81,6 @@ class Champion:
     since: deque = field(default_factory=deque)  # its outcomes since promotion (for rollback)
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
 class ModelLearner:
@@ -240,7 +237,7 @@ class ModelLearner:
     def _update(self, action: str, version: str, previous: str | None, t: float,
                 evidence: dict[str, Any]) -> dict[str, Any]:
         update = {"model": self.model, "action": action, "version": version, "previous_version": previous,
-                  "evidence": {**evidence, "updates": dict(self.updates)}, "at": _iso(t)}
+                  "evidence": {**evidence, "updates": dict(self.updates)}, "at": utc_iso(t)}
         self.decisions.append(update)
         return update
 

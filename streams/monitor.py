@@ -26,7 +26,6 @@ import base64
 import hashlib
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +35,7 @@ from river import drift
 from feedback_loop.drift.data import FeatureDriftMonitor
 from feedback_loop.drift.performance import PerformanceEstimator
 from feedback_loop.errors import CheckpointIntegrityError, ConfigurationError
+from feedback_loop.events import utc_iso
 from feedback_loop.settings import Settings
 from feedback_loop.signing import Signer
 
@@ -141,8 +141,6 @@ class AlertState:
     resolved_at: float | None = None
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
 class ModelMonitor:
@@ -282,8 +280,8 @@ class ModelMonitor:
             "statistic": None if statistic is None else float(statistic),
             "threshold": None if threshold is None else float(threshold),
             "reference_size": reference_size, "window_size": window_size, "severity": severity,
-            "status": "firing", "detected_at": _iso(at),
-            "first_offending_at": None if first_at is None else _iso(first_at),
+            "status": "firing", "detected_at": utc_iso(at),
+            "first_offending_at": None if first_at is None else utc_iso(first_at),
             "message": f"{self.model} {self.version}: {message}", "outcomes_seen": self.outcomes,
         }]
 
@@ -295,7 +293,7 @@ class ModelMonitor:
             "alert_id": self._alert_id(kind, feature, state.episode) + "-resolved", "kind": kind,
             "detector": self.detector_name if kind == "concept" else kind, "model": self.model,
             "model_version": self.version, "feature": feature, "severity": "warning", "status": "resolved",
-            "detected_at": _iso(at), "message": f"{self.model} {self.version}: resolved: {message}",
+            "detected_at": utc_iso(at), "message": f"{self.model} {self.version}: resolved: {message}",
             "outcomes_seen": self.outcomes,
         }]
 

@@ -12,10 +12,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
 import orjson
 
 from feedback_loop.errors import CheckpointIntegrityError
-from feedback_loop.events import DriftAlert, ModelUpdate, ReviewRequest, dead_letter
+from feedback_loop.events import (
+    DriftAlert,
+    ModelUpdate,
+    ReviewRequest,
+    dead_letter,
+    utc_iso,
+)
 from feedback_loop.routing.router import Router, RoutingConfig
 from feedback_loop.signing import Signer
 from online_models.learner import LearnerConfig, ModelLearner
@@ -24,12 +31,6 @@ from streams.observations import SEPARATOR
 from streams.partition import Emit, Record
 
 log = logging.getLogger(__name__)
-
-
-def _now_iso(t: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
 class MonitorChanges(NamedTuple):
@@ -131,7 +132,7 @@ class MonitorPartition:
             for name, version, estimator, updates in learner.due_checkpoints(now):
                 self.registry_saves.append((model, name, version, estimator, updates))
                 metrics = learner.report()["challengers"][name]
-                update = ModelUpdate(model=model, action="checkpoint", version=version, at=_now_iso(now),
+                update = ModelUpdate(model=model, action="checkpoint", version=version, at=utc_iso(now),
                                      evidence={"name": name, "updates": updates, **metrics})
                 out.append(Emit("model-updates", model.encode(), update.to_json()))
         return out

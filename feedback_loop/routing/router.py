@@ -32,10 +32,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from feedback_loop.errors import ConfigurationError
+from feedback_loop.events import utc_iso
 from feedback_loop.routing import uncertainty
 from feedback_loop.routing.gate import BudgetGate
 from feedback_loop.routing.learned import ErrorModel
@@ -93,8 +93,6 @@ class RoutingConfig:
         return self.budgets.get(model, self.budget_per_hour)
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
 def _uniform(prediction_id: str) -> float:
@@ -182,5 +180,5 @@ class Router:
         return {"prediction_id": obs["id"], "model": self.model, "model_version": self.version,
                 "reason": reason, "priority": priority, "prediction": obs["y"],
                 "features": obs.get("x") or {}, "scores": obs.get("s"), "confidence": obs.get("c"),
-                "label": label, "requested_at": _iso(requested_at), "predicted_at": _iso(obs["t"]),
+                "label": label, "requested_at": utc_iso(requested_at), "predicted_at": utc_iso(obs["t"]),
                 "tags": obs.get("tg") or {}, "policy_scores": {k: round(v, 6) for k, v in scored.items()}}

@@ -10,11 +10,9 @@ log tail, when its deadline passes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +27,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from feedback_loop.kafka_admin import ensure_topics
 from feedback_loop.runtime import processes
 from feedback_loop.settings import Settings
+from feedback_loop.simulated_reviewers import BackgroundWeb
 
 #: The topics the join consumes, in ``Settings.topics`` order.
 INPUT_KINDS = ("predictions", "labels", "review-flags")
@@ -258,27 +257,8 @@ def wait_quiet(readers: list[TopicReader], quiet_seconds: float, timeout: float)
 
 
 # --------------------------------------------------------------------------- the web API
-class WebServer:
-    """``feedback_loop.web.start_web`` served from an event loop in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="e2e-web", daemon=True)
-        self.runner: Any = None
-        self.port = 0
-
-    def start(self) -> WebServer:
-        from feedback_loop.web import start_web
-
-        self.thread.start()
-        self.runner, self.port = asyncio.run_coroutine_threadsafe(
-            start_web(self.settings, "127.0.0.1", 0), self.loop).result(30)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class WebServer(BackgroundWeb):
+    """The demo's :class:`~feedback_loop.simulated_reviewers.BackgroundWeb` with HTTP helpers."""
 
     def get(self, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
         try:
@@ -292,12 +272,3 @@ class WebServer:
         assert status == 200, f"GET {path}: HTTP {status}: {body[:500]!r}"
         return json.loads(body)
 
-    def stop(self) -> None:
-        try:
-            if self.runner is not None:
-                asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(15)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(15)
-            if not self.thread.is_alive():
-                self.loop.close()
