@@ -60,6 +60,7 @@ from feedback_loop.errors import (
     StoreUnavailableError,
 )
 from feedback_loop.events import DriftAlert, decode
+from feedback_loop.kafka_security import kafka_python_kwargs, redis_kwargs
 from feedback_loop.settings import Settings
 
 __all__ = [
@@ -174,9 +175,11 @@ def safe_url(url: str) -> str:
     return url
 
 
-def _redis_client(url: str, timeout: float = 5.0) -> redis_lib.Redis:
+def _redis_client(settings: Settings, timeout: float = 5.0) -> redis_lib.Redis:
+    url = settings.redis_url or ""
     try:
-        return redis_lib.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return redis_lib.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                        **redis_kwargs(settings, url))
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL {safe_url(url)!r}: {exc}; fix --redis "
                                  "(FEEDBACK_LOOP_REDIS_URL), e.g. redis://localhost:6379/0") from None
@@ -251,7 +254,7 @@ class AlertConsumer(PollingLoop):
         self.delivered_key = delivered_key(settings, sink.name)
         self.undeliverable_key = undeliverable_key(settings)
         self._own_redis = redis is None
-        self._redis = redis if redis is not None else _redis_client(settings.redis_url or "")
+        self._redis = redis if redis is not None else _redis_client(settings)
         self.init_loop()
         self._failures: dict[tuple[str, int, int], int] = {}
         self._closed = False
@@ -273,6 +276,7 @@ class AlertConsumer(PollingLoop):
                 max_poll_interval_ms=max(300_000, int(worst_batch_s * 1000)),
                 request_timeout_ms=max(30_000, session_ms + 5_000),
                 bootstrap_timeout_ms=15_000,
+                **kafka_python_kwargs(settings),
             )
         except (kerrors.KafkaError, OSError) as exc:
             if self._own_redis:
@@ -470,7 +474,8 @@ def build_sink(
         return WebhookSink(validate_webhook_url(url), name=name)
     if redis_key is not None and not redis_key.strip():
         raise ConfigurationError("--redis-key must not be empty")
-    return RedisSink(settings.redis_url or "", redis_key or inbox_key(settings), name=name, client=redis)
+    return RedisSink(settings.redis_url or "", redis_key or inbox_key(settings), name=name, client=redis,
+                     security=redis_kwargs(settings))
 
 
 def _ensure_topic(settings: Settings) -> None:
@@ -478,9 +483,10 @@ def _ensure_topic(settings: Settings) -> None:
 
     assert settings.kafka_bootstrap
     topic = settings.topics.drift_alerts
-    if topic_partitions(settings.kafka_bootstrap, topic, timeout=15) == 0:
+    security = kafka_python_kwargs(settings)
+    if topic_partitions(settings.kafka_bootstrap, topic, timeout=15, security=security) == 0:
         ensure_topics(settings.kafka_bootstrap, [topic], settings.partitions, settings.replication_factor,
-                      timeout=30)
+                      timeout=30, security=security)
 
 
 def run_alerts(
@@ -532,7 +538,7 @@ def run_alerts(
     if not group_id or not group_id.strip():
         raise ConfigurationError("--group-id must not be empty")
     assert settings.redis_url and settings.kafka_bootstrap
-    redis = _redis_client(settings.redis_url)  # connects on first use
+    redis = _redis_client(settings)  # connects on first use
     try:
         # Flags first: a wrong flag is reported without waiting for any server.
         the_sink = build_sink(settings, sink=sink, url=url, redis_key=redis_key, json_lines=json_lines,

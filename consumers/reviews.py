@@ -45,6 +45,7 @@ from feedback_loop.errors import (
     StoreUnavailableError,
 )
 from feedback_loop.events import Outcome, ReviewRequest, dead_letter, decode
+from feedback_loop.kafka_security import kafka_python_kwargs, redis_kwargs
 from feedback_loop.settings import Settings
 
 __all__ = ["ReviewConsumer", "ReviewStats", "default_group_id", "run_reviews"]
@@ -145,7 +146,8 @@ class ReviewConsumer(PollingLoop):
             # The client's own retry hides a dropped connection (a Redis restart); outages are
             # handled by _redis_call.
             self._redis = aredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
-                                                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3))
+                                                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+                                                **redis_kwargs(settings))
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {safe_url(settings.redis_url)!r}: {exc}; fix --redis "
                                      "(FEEDBACK_LOOP_REDIS_URL), e.g. redis://localhost:6379/0") from None
@@ -172,10 +174,12 @@ class ReviewConsumer(PollingLoop):
             session_timeout_ms=session_ms, heartbeat_interval_ms=heartbeat_ms,
             max_poll_records=self.max_poll_records, max_poll_interval_ms=max(300_000, int(
                 (self.redis_retry_seconds + 60) * 1000)),
-            request_timeout_ms=max(30_000, session_ms + 5_000), bootstrap_timeout_ms=15_000)
+            request_timeout_ms=max(30_000, session_ms + 5_000), bootstrap_timeout_ms=15_000,
+            **kafka_python_kwargs(s))
         try:
             producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=0,
-                                     client_id="feedback-loop-reviews-dead-letters", request_timeout_ms=10_000)
+                                     client_id="feedback-loop-reviews-dead-letters", request_timeout_ms=10_000,
+                                     **kafka_python_kwargs(s))
         except BaseException:
             consumer.close(autocommit=False)
             raise
@@ -334,10 +338,12 @@ def _ensure_topics(settings: Settings) -> None:
     from feedback_loop.kafka_admin import ensure_topics, topic_partitions
 
     assert settings.kafka_bootstrap
+    security = kafka_python_kwargs(settings)
     missing = [t for t in (settings.topic("review-queue"), settings.topic("outcomes"), settings.topic("dead-letters"))
-               if topic_partitions(settings.kafka_bootstrap, t, timeout=15) == 0]
+               if topic_partitions(settings.kafka_bootstrap, t, timeout=15, security=security) == 0]
     if missing:
-        ensure_topics(settings.kafka_bootstrap, missing, settings.partitions, settings.replication_factor, timeout=30)
+        ensure_topics(settings.kafka_bootstrap, missing, settings.partitions, settings.replication_factor, timeout=30,
+                      security=security)
 
 
 def run_reviews(settings: Settings, stop: threading.Event | None = None, max_seconds: float | None = None, *,

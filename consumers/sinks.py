@@ -386,7 +386,9 @@ class RedisSink(Sink):
     """LPUSH each alert's JSON to the Redis list ``key`` and LTRIM it to ``max_length`` (newest first).
 
     Connection errors and timeouts are retried ``retries`` times with backoff; a refused command
-    (for example ``key`` holding another type) makes the alert undeliverable.
+    (for example ``key`` holding another type) makes the alert undeliverable. ``security`` is extra
+    keyword arguments of the client created from ``redis_url``
+    (:func:`feedback_loop.kafka_security.redis_kwargs`: the CA bundle of a ``rediss://`` URL).
     """
 
     def __init__(
@@ -401,6 +403,7 @@ class RedisSink(Sink):
         socket_timeout: float = 5.0,
         name: str = "redis",
         client: redis_lib.Redis | None = None,
+        security: dict[str, Any] | None = None,
     ) -> None:
         if not key:
             raise ConfigurationError("the redis sink needs a list key (--redis-key)")
@@ -417,7 +420,8 @@ class RedisSink(Sink):
         if client is None:
             try:
                 client = redis_lib.Redis.from_url(
-                    redis_url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+                    redis_url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                    **dict(security or {}))
             except ValueError as exc:
                 raise ConfigurationError(f"invalid Redis URL {redis_url!r} for the redis sink: {exc}; "
                                          "fix --redis (FEEDBACK_LOOP_REDIS_URL)") from None

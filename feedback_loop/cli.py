@@ -320,9 +320,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                          label_column=args.label_column, interval_seconds=args.interval_seconds)
     events = list(events_from_rows(read_file(args.file), opts))  # validate everything before sending
     say(f"{len(events):,} predictions, {sum(e.label is not None for e in events):,} labels validated")
+    from feedback_loop.kafka_security import kafka_python_kwargs
+
     stats = publish(settings.kafka_bootstrap, settings.topics, schedule(events, args.label_delay),
                     rate=args.rate, progress=lambda s: say(
-                        f"sent {s.predictions:,}/{len(events):,} predictions, {s.labels:,} labels"))
+                        f"sent {s.predictions:,}/{len(events):,} predictions, {s.labels:,} labels"),
+                    security=kafka_python_kwargs(settings))
     print(json.dumps({"predictions": stats.predictions, "labels": stats.labels,
                       "seconds": round(stats.seconds, 3)}))
     return 0

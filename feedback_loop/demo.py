@@ -29,6 +29,7 @@ from river import linear_model, preprocessing
 from feedback_loop import elec2
 from feedback_loop.errors import FeedbackLoopError
 from feedback_loop.events import LabelEvent, PredictionEvent
+from feedback_loop.kafka_security import redis_kwargs
 from feedback_loop.demo_report import champion_line, champion_report
 from feedback_loop.lockstep import Lockstep, publish_days
 from feedback_loop.replay import ReplayEvent
@@ -86,7 +87,7 @@ def build_events(pretrain: int = 5000, label_delay: int = 48, limit: int | None 
 async def _snapshots(settings: Settings) -> list[dict[str, Any]]:
     from streams.snapshots import read_snapshots
 
-    client = Redis.from_url(settings.redis_url or "")
+    client = Redis.from_url(settings.redis_url or "", **redis_kwargs(settings))
     try:
         return await read_snapshots(client, settings)
     finally:
@@ -104,7 +105,7 @@ class AlertFeed:
     def __init__(self, settings: Settings, say: Say) -> None:
         import redis
 
-        self.client = redis.Redis.from_url(settings.redis_url or "")
+        self.client = redis.Redis.from_url(settings.redis_url or "", **redis_kwargs(settings))
         self.key = settings.key("alerts", "recent")
         self.say = say
         self.seen: set[str] = set()
@@ -249,7 +250,7 @@ def _finish(settings: Settings, plan: DemoPlan, total: int, alerts: AlertFeed, t
     text, rows = table(settings, plan.expected)
     reviews = team.summary(plan)
     champion = champion_report(settings, plan, label_delay)
-    client = redis_sync.Redis.from_url(settings.redis_url or "")
+    client = redis_sync.Redis.from_url(settings.redis_url or "", **redis_kwargs(settings))
     try:
         queue_stats = {k.decode(): int(v) for k, v in client.hgetall(settings.key("review", "stats")).items()}
     finally:

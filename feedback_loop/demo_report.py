@@ -17,13 +17,14 @@ import orjson
 import redis
 
 from feedback_loop import elec2
+from feedback_loop.kafka_security import redis_kwargs
 from feedback_loop.settings import Settings
 
 CHAMPION_MODEL = "elec2-logreg"
 
 
 def learner_report(settings: Settings, model: str = CHAMPION_MODEL) -> dict[str, Any] | None:
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = redis.Redis.from_url(settings.redis_url or "", **redis_kwargs(settings))
     try:
         raw = client.hget(settings.key("learners"), model)
     finally:

@@ -2,7 +2,9 @@
 
 Uses kafka-python's :class:`~kafka.admin.KafkaAdminClient` (3.x API), so it can run
 before any event loop exists, from the CLI or from a test fixture. Every function
-opens its own short-lived client and closes it before returning.
+opens its own short-lived client and closes it before returning. ``security`` is the
+SASL/TLS keyword arguments of the client, :func:`feedback_loop.kafka_security.kafka_python_kwargs`
+of the settings (empty, the default, for PLAINTEXT).
 
 Topics are created explicitly: Tansu, the embedded broker, does not create topics
 on a metadata request the way ``auto.create.topics.enable`` does in Apache Kafka,
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kafka.errors as kerrors
@@ -41,12 +43,17 @@ _CONFIG_ERRORS = (
 )
 
 
-def _unavailable(bootstrap: str, timeout: float, cause: BaseException | str) -> BrokerUnavailableError:
+def _unavailable(bootstrap: str, timeout: float, cause: BaseException | str,
+                 security: Mapping[str, Any] | None = None) -> BrokerUnavailableError:
+    protocol = (security or {}).get("security_protocol", "PLAINTEXT")
+    hint = ("" if protocol == "PLAINTEXT" else
+            f" The client uses {protocol}: check that the listener at that address does too, and the "
+            "FEEDBACK_LOOP_KAFKA_SASL_* / FEEDBACK_LOOP_KAFKA_SSL_* settings (user, password, CA file).")
     return BrokerUnavailableError(
         f"Kafka at {bootstrap} did not answer within {timeout:g}s ({cause}). "
         "Check that the broker is running and reachable at that address, that it advertises "
         "an address this machine can reach (advertised.listeners), and that --kafka / "
-        "FEEDBACK_LOOP_KAFKA_BOOTSTRAP is right; leave it unset to use the embedded broker."
+        "FEEDBACK_LOOP_KAFKA_BOOTSTRAP is right; leave it unset to use the embedded broker." + hint
     )
 
 
@@ -58,7 +65,7 @@ def _check_bootstrap(bootstrap: str) -> None:
         )
 
 
-def _open_admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
+def _open_admin(bootstrap: str, timeout: float, security: Mapping[str, Any] | None = None) -> KafkaAdminClient:
     """Connect an admin client, or raise :class:`BrokerUnavailableError` in time."""
     _check_bootstrap(bootstrap)
     timeout_ms = max(int(timeout * 1000), 100)
@@ -68,9 +75,10 @@ def _open_admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
             client_id=_CLIENT_ID,
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=max(min(timeout_ms, 30_000), 1000),
+            **dict(security or {}),
         )
     except (kerrors.KafkaError, OSError) as exc:
-        raise _unavailable(bootstrap, timeout, exc) from exc
+        raise _unavailable(bootstrap, timeout, exc, security) from exc
 
 
 def _describe(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -114,7 +122,7 @@ def _check_partition_count(name: str, info: dict[str, Any] | None, partitions: i
         )
 
 
-def wait_for_kafka(bootstrap: str, timeout: float) -> None:
+def wait_for_kafka(bootstrap: str, timeout: float, *, security: Mapping[str, Any] | None = None) -> None:
     """Block until the broker at ``bootstrap`` answers a metadata request.
 
     Parameters
@@ -123,6 +131,8 @@ def wait_for_kafka(bootstrap: str, timeout: float) -> None:
         ``HOST:PORT`` (comma-separated for several brokers).
     timeout
         Seconds to keep trying.
+    security
+        SASL/TLS keyword arguments of the admin client (``kafka_python_kwargs(settings)``).
 
     Raises
     ------
@@ -137,11 +147,11 @@ def wait_for_kafka(bootstrap: str, timeout: float) -> None:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _unavailable(bootstrap, timeout, last)
+            raise _unavailable(bootstrap, timeout, last, security)
         try:
-            admin = _open_admin(bootstrap, remaining)
+            admin = _open_admin(bootstrap, remaining, security)
         except BrokerUnavailableError as exc:
-            raise _unavailable(bootstrap, timeout, exc.__cause__ or exc) from exc
+            raise _unavailable(bootstrap, timeout, exc.__cause__ or exc, security) from exc
         try:
             admin.describe_cluster()
             return
@@ -160,6 +170,8 @@ def ensure_topics(
     partitions: int,
     replication_factor: int = 1,
     timeout: float = 30,
+    *,
+    security: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet and wait until all are usable.
 
@@ -180,6 +192,8 @@ def ensure_topics(
         brokers).
     timeout
         Seconds for the whole operation, connecting included.
+    security
+        SASL/TLS keyword arguments of the admin client (``kafka_python_kwargs(settings)``).
 
     Returns
     -------
@@ -210,7 +224,7 @@ def ensure_topics(
         return []
     started = time.monotonic()
     deadline = started + timeout
-    admin = _open_admin(bootstrap, timeout)
+    admin = _open_admin(bootstrap, timeout, security)
     try:
         attempted: set[str] = set()
         created_now: set[str] = set()
@@ -300,20 +314,23 @@ def _create(
     return created, settled
 
 
-def topic_partitions(bootstrap: str, name: str, timeout: float = 10) -> int:
+def topic_partitions(bootstrap: str, name: str, timeout: float = 10, *,
+                     security: Mapping[str, Any] | None = None) -> int:
     """Return the partition count of topic ``name``, ``0`` when it does not exist.
+
+    ``security`` is the SASL/TLS keyword arguments of the admin client (``kafka_python_kwargs(settings)``).
 
     Raises
     ------
     BrokerUnavailableError
         The broker did not answer within ``timeout`` seconds.
     """
-    admin = _open_admin(bootstrap, timeout)
+    admin = _open_admin(bootstrap, timeout, security)
     try:
         try:
             info = _describe(admin, [name]).get(name)
         except (kerrors.KafkaError, OSError) as exc:
-            raise _unavailable(bootstrap, timeout, exc) from exc
+            raise _unavailable(bootstrap, timeout, exc, security) from exc
     finally:
         admin.close()
     if _is_missing(info) or info is None:

@@ -20,6 +20,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from feedback_loop.errors import FeedbackLoopError
+from feedback_loop.kafka_security import kafka_python_kwargs, redis_kwargs
 from feedback_loop.settings import Settings
 
 
@@ -29,9 +30,11 @@ class Lockstep:
     def __init__(self, settings: Settings, timeout: float = 60.0) -> None:
         self.settings = settings
         self.timeout = timeout
-        self.producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2)
-        self.reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-        self.redis = redis.Redis.from_url(settings.redis_url or "")
+        self.producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2,
+                                      **kafka_python_kwargs(settings))
+        self.reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                    **kafka_python_kwargs(settings))
+        self.redis = redis.Redis.from_url(settings.redis_url or "", **redis_kwargs(settings))
         self.tps = {kind: [TopicPartition(settings.topic(kind), p) for p in range(settings.partitions)]
                     for kind in ("predictions", "labels", "monitor-input", "review-queue")}
         self.flush_seconds = 0.0

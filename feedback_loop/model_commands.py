@@ -14,6 +14,7 @@ import orjson
 import redis
 
 from feedback_loop.errors import ConfigurationError
+from feedback_loop.kafka_security import kafka_python_kwargs, redis_kwargs
 from feedback_loop.settings import Settings
 from feedback_loop.signing import Signer
 from streams.observations import monitor_key
@@ -36,7 +37,7 @@ def run_models(settings: Settings, action: str, model: str, version: str | None,
     from online_models.registry import ModelRegistry
     from streams.worker import signer_for
 
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = redis.Redis.from_url(settings.redis_url or "", **redis_kwargs(settings))
     try:
         registry = ModelRegistry(client, settings, signer_for(settings) if settings.signing_key else Signer(b"x" * 32))
         if action == "list":
@@ -64,7 +65,7 @@ def run_models(settings: Settings, action: str, model: str, version: str | None,
         client.close()
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **kafka_python_kwargs(settings))
     try:
         producer.send(settings.topic("monitor-input"), key=key, value=value).get(timeout=15)
     finally:

@@ -195,16 +195,20 @@ class PublishStats:
 def publish(
     bootstrap: str, topics: Topics, messages: Iterable[tuple[str, bytes, bytes]], *,
     rate: float = 0.0, progress: Callable[[PublishStats], None] | None = None,
-    progress_every: float = 1.0,
+    progress_every: float = 1.0, security: Mapping[str, Any] | None = None,
 ) -> PublishStats:
-    """Send messages with kafka-python; ``rate`` caps messages per second (0: as fast as possible)."""
+    """Send messages with kafka-python; ``rate`` caps messages per second (0: as fast as possible).
+
+    ``security`` is the SASL/TLS keyword arguments of the producer,
+    :func:`feedback_loop.kafka_security.kafka_python_kwargs` of the settings.
+    """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     names = {"predictions": topics.predictions, "labels": topics.labels, "review-flags": topics.review_flags}
     try:
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
-                                 batch_size=512 * 1024, max_request_size=2 * 1024 * 1024)
+                                 batch_size=512 * 1024, max_request_size=2 * 1024 * 1024, **dict(security or {}))
     except KafkaError as exc:
         raise FeedbackLoopError(f"cannot connect to Kafka at {bootstrap}: {exc}; "
                                 "check --kafka / FEEDBACK_LOOP_KAFKA_BOOTSTRAP") from None

@@ -19,8 +19,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feedback_loop.errors import ConfigurationError
 
 TOPIC_NAMES = (
     "predictions",
@@ -60,9 +62,30 @@ class Settings(BaseSettings):
         None, description="Kafka bootstrap address HOST:PORT; unset means start the embedded broker."
     )
     redis_url: str | None = Field(
-        None, description="Redis URL; unset means start the embedded Redis."
+        None, description="Redis URL; unset means start the embedded Redis. rediss:// is TLS; an ACL user and "
+                          "password go in the URL: redis://USER:PASSWORD@HOST:PORT/DB."
     )
     topic_prefix: str = Field("", description="Prefix applied to every topic name.")
+
+    # Kafka and Redis security (turned into client arguments by feedback_loop.kafka_security)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to Kafka: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism of the SASL_* protocols.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user; required by the SASL_* protocols.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password; required by the SASL_* protocols.")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM CA bundle that signed the brokers' certificates (SSL, SASL_SSL); "
+                          "unset uses the system CAs.")
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS (SSL, SASL_SSL); may hold the key too.")
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of kafka_ssl_certfile, when it is a separate file.")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to (SSL, SASL_SSL).")
+    redis_ssl_ca_certs: Path | None = Field(
+        None, description="PEM CA bundle that signed Redis's certificate; needs a rediss:// redis_url.")
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of each topic created at startup.")
     replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
     app_id: str = Field("feedback-loop", description="Faust application id (consumer group).")
@@ -190,10 +213,74 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1")
     web_port: int = Field(8080, ge=0, le=65535)
 
-    @field_validator("kafka_bootstrap", "redis_url", mode="before")
+    @field_validator("kafka_bootstrap", "redis_url", "kafka_sasl_username", "kafka_sasl_password",
+                     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ssl_ca_certs",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_ssl_check_hostname", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object, info: ValidationInfo) -> object:
+        # docker compose passes an unset ${VAR:-} as an empty string: empty means the default.
+        if isinstance(value, str):
+            if not value.strip():
+                return cls.model_fields[info.field_name or ""].default
+            if info.field_name != "kafka_ssl_check_hostname":
+                return value.strip().upper()
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        """Refuse security settings that cannot work together, saying what to do instead."""
+        protocol = self.kafka_security_protocol
+        env = "FEEDBACK_LOOP_KAFKA_SECURITY_PROTOCOL"
+        if protocol != "PLAINTEXT" and self.kafka_bootstrap is None:
+            raise ConfigurationError(
+                f"kafka_security_protocol is {protocol} but no Kafka is configured, and the embedded broker "
+                f"speaks PLAINTEXT only: set FEEDBACK_LOOP_KAFKA_BOOTSTRAP (--kafka) to your cluster, or unset {env}")
+        sasl_fields = ("kafka_sasl_username", "kafka_sasl_password")
+        if protocol.startswith("SASL_"):
+            missing = [f"FEEDBACK_LOOP_{name.upper()}" for name in sasl_fields if getattr(self, name) is None]
+            if missing:
+                raise ConfigurationError(
+                    f"kafka_security_protocol {protocol} needs a SASL user and password: set "
+                    f"{' and '.join(missing)}, or choose SSL or PLAINTEXT in {env}")
+        else:
+            given = [f"FEEDBACK_LOOP_{name.upper()}" for name in sasl_fields if getattr(self, name) is not None]
+            if given:
+                raise ConfigurationError(
+                    f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but kafka_security_protocol "
+                    f"is {protocol}, which does not use SASL: set {env}=SASL_SSL (or SASL_PLAINTEXT), "
+                    "or unset them")
+        files = {name: getattr(self, name) for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")}
+        if protocol not in ("SSL", "SASL_SSL"):
+            given = [f"FEEDBACK_LOOP_{name.upper()}" for name, value in files.items() if value is not None]
+            if given:
+                raise ConfigurationError(
+                    f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but kafka_security_protocol "
+                    f"is {protocol}, which does not use TLS: set {env}=SSL (or SASL_SSL), or unset them")
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ConfigurationError(
+                "kafka_ssl_keyfile is set without kafka_ssl_certfile: set FEEDBACK_LOOP_KAFKA_SSL_CERTFILE to the "
+                "client certificate the key belongs to, or unset FEEDBACK_LOOP_KAFKA_SSL_KEYFILE")
+        if self.redis_ssl_ca_certs is not None and not (self.redis_url or "").lower().startswith("rediss://"):
+            raise ConfigurationError(
+                "redis_ssl_ca_certs is set but redis_url is not a rediss:// (TLS) URL: set FEEDBACK_LOOP_REDIS_URL "
+                "to rediss://[USER:PASSWORD@]HOST:PORT/DB, or unset FEEDBACK_LOOP_REDIS_SSL_CA_CERTS")
+        for name, value in {**files, "redis_ssl_ca_certs": self.redis_ssl_ca_certs}.items():
+            if value is not None and not value.is_file():
+                raise ConfigurationError(
+                    f"{name} {str(value)!r} is not a file: fix FEEDBACK_LOOP_{name.upper()} (a PEM file this "
+                    "process can read; with docker compose, put it in the certs directory mounted at /certs)")
+        return self
+
+    @property
+    def join_group_id(self) -> str:
+        """Consumer group of the join's input topics (the Faust app's group, ``app_id``, reads
+        the internal ``monitor-input`` topic)."""
+        return f"{self.app_id}-join"
 
     def topic(self, name: str) -> str:
         """Return the concrete name of the contract topic ``name``."""
@@ -217,8 +304,8 @@ class Settings(BaseSettings):
         """Environment variables that reproduce these settings in a child process."""
         env: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
-            if name == "signing_key" and self.signing_key is not None:
-                value = self.signing_key.get_secret_value()
+            if name in ("signing_key", "kafka_sasl_password") and getattr(self, name) is not None:
+                value = getattr(self, name).get_secret_value()
             if name == "reviewer_tokens":
                 value = {k: v.get_secret_value() for k, v in self.reviewer_tokens.items()}
             if value is None:

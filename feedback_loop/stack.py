@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from feedback_loop.errors import RuntimeStartError
 from feedback_loop.kafka_admin import ensure_topics, wait_for_kafka
+from feedback_loop.kafka_security import kafka_python_kwargs, redis_kwargs
 from feedback_loop.runtime import processes
 from feedback_loop.runtime.embedded import EmbeddedServers
 from feedback_loop.settings import Settings
@@ -75,12 +76,14 @@ class LocalStack:
             self.resolved = self.resolved.model_copy(update={"signing_key": SecretStr(secrets.token_hex(32))})
         r = self.resolved
         assert r.kafka_bootstrap and r.redis_url
-        wait_for_kafka(r.kafka_bootstrap, 30)
-        created = ensure_topics(r.kafka_bootstrap, topics, r.partitions, r.replication_factor) or []
+        security = kafka_python_kwargs(r)
+        wait_for_kafka(r.kafka_bootstrap, 30, security=security)
+        created = ensure_topics(r.kafka_bootstrap, topics, r.partitions, r.replication_factor,
+                                security=security) or []
         fresh_broker = self.servers is not None and not s.kafka_bootstrap
         if fresh_broker or set(created) & set(topics[:3]):
             # Fresh input topics restart their offsets: checkpoints of older topics no longer apply.
-            reset_join_state(redis.Redis.from_url(r.redis_url), r)
+            reset_join_state(redis.Redis.from_url(r.redis_url, **redis_kwargs(r)), r)
         for i in range(self.workers):
             self.start_worker(i)
         self.start_reviews()
@@ -106,7 +109,7 @@ class LocalStack:
     def wait_workers(self, n: int) -> None:
         """Wait until ``n`` workers beat in Redis and own every partition between them."""
         deadline = time.monotonic() + self.worker_start_timeout
-        client = redis.Redis.from_url(self.resolved.redis_url or "")
+        client = redis.Redis.from_url(self.resolved.redis_url or "", **redis_kwargs(self.resolved))
         self.say(f"waiting for {n} worker(s) to join the consumer group ...")
         try:
             while time.monotonic() < deadline:

@@ -36,6 +36,7 @@ from feedback_loop import web_review
 from feedback_loop.errors import BrokerUnavailableError
 from feedback_loop.events import ReviewFlag
 from feedback_loop.kafka_admin import wait_for_kafka
+from feedback_loop.kafka_security import aiokafka_kwargs, kafka_python_kwargs, redis_kwargs
 from feedback_loop.settings import Settings
 from feedback_loop.webauth import Authenticator
 from streams.snapshots import SnapshotReader, read_counters
@@ -72,7 +73,8 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:  # noqa: BLE001 - any failure is reported as unhealthy, with its text
         checks["redis"] = f"unreachable: {exc}"
     try:
-        await asyncio.to_thread(wait_for_kafka, settings.kafka_bootstrap or "", 2.0)
+        await asyncio.to_thread(wait_for_kafka, settings.kafka_bootstrap or "", 2.0,
+                                security=kafka_python_kwargs(settings))
         checks["kafka"] = "ok"
     except BrokerUnavailableError as exc:
         checks["kafka"] = f"unreachable: {exc}"
@@ -175,7 +177,7 @@ def create_web_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     # Retries ride out a Redis restart (the review queue lives there; AOF keeps it).
     app[REDIS] = Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=2.0), 5),
-                                retry_on_error=[RedisConnectionError, RedisTimeoutError])
+                                retry_on_error=[RedisConnectionError, RedisTimeoutError], **redis_kwargs(settings))
     app[SNAPSHOTS] = SnapshotReader(app[REDIS], settings)
 
     tokens = {name: token.get_secret_value() for name, token in settings.reviewer_tokens.items()}
@@ -215,7 +217,7 @@ class FlagPublisher:
         async with self._lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                            request_timeout_ms=10_000)
+                                            request_timeout_ms=10_000, **aiokafka_kwargs(self.settings))
                 await asyncio.wait_for(producer.start(), 15.0)
                 self._producer = producer
         await asyncio.wait_for(self._producer.send_and_wait(

@@ -97,6 +97,7 @@ from feedback_loop.events import (
     decode,
     describe_validation_error,
 )
+from feedback_loop.kafka_security import kafka_python_kwargs
 from feedback_loop.settings import Settings
 
 __all__ = ["ModelHandle", "ModelUnavailableError", "PredictionClient"]
@@ -178,7 +179,8 @@ class PredictionClient:
                 producer = KafkaProducer(
                     bootstrap_servers=bootstrap, acks="all", linger_ms=int(linger_ms),
                     client_id="feedback-loop-serving", bootstrap_timeout_ms=timeout_ms,
-                    max_block_ms=timeout_ms, request_timeout_ms=max(timeout_ms, 1000))
+                    max_block_ms=timeout_ms, request_timeout_ms=max(timeout_ms, 1000),
+                    **kafka_python_kwargs(settings))
             except (kerrors.KafkaError, OSError) as exc:
                 raise _unavailable(bootstrap, exc) from exc
         self.producer = producer
@@ -675,7 +677,7 @@ class ModelHandle:
             consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                 client_id=f"feedback-loop-serving-{self.model}", bootstrap_timeout_ms=timeout_ms,
-                request_timeout_ms=max(timeout_ms, 1000))
+                request_timeout_ms=max(timeout_ms, 1000), **kafka_python_kwargs(settings))
         except (kerrors.KafkaError, OSError) as exc:
             raise _unavailable(bootstrap, exc) from exc
         try:

@@ -13,6 +13,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as driver
 
+from feedback_loop.kafka_security import faust_credentials
 from feedback_loop.settings import Settings
 
 
@@ -43,12 +44,17 @@ class App(faust.App):
 
 
 def create_app(settings: Settings) -> faust.App:
-    """A Faust app for ``settings``, at-least-once (Tansu has no transactions)."""
+    """A Faust app for ``settings``, at-least-once (Tansu has no transactions).
+
+    ``broker_credentials`` carry the SASL/TLS settings (``None``, Faust's default, for PLAINTEXT);
+    Faust passes them to every aiokafka client it creates.
+    """
     datadir = settings.data_dir / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,

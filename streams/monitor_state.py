@@ -27,7 +27,7 @@ from feedback_loop.routing.router import Router, RoutingConfig
 from feedback_loop.signing import Signer
 from online_models.learner import LearnerConfig, ModelLearner
 from streams.monitor import ModelMonitor, MonitorConfig
-from streams.observations import SEPARATOR
+from streams.observations import SEPARATOR, unpack
 from streams.partition import Emit, Record
 
 log = logging.getLogger(__name__)
@@ -68,25 +68,40 @@ class MonitorPartition:
     _references_saved: dict[tuple[str, str], tuple[bool, bool]] = field(default_factory=dict)
 
     def apply(self, record: Record) -> list[Emit]:
+        """Apply one record: a packed array of observations (see :func:`streams.observations.pack`)
+        or one object; an undecodable record, or one bad observation in it, is a dead letter."""
         last = self.offsets.get(record.topic)
         if last is not None and record.offset <= last:
             return []
         self.offsets[record.topic] = record.offset
         try:
-            obs = orjson.loads(record.value or b"")
-            updates = self._learn(obs)
-            if obs["k"] == "c":
-                return self._updates(updates)
-            ident = (obs["m"], obs["v"])
-            monitor = self.monitors.get(ident)
-            if monitor is None:
-                monitor = self.monitors[ident] = ModelMonitor(obs["m"], obs["v"], self.config, self.epoch)
-            raised = monitor.observe(obs)
-            requests = self._route(ident, obs, raised)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            letter = dead_letter(source_topic=record.topic, partition=record.partition, offset=record.offset,
-                                 key=record.key, payload=record.value, reason=f"monitor observation: {exc!r}")
-            return [Emit("dead-letters", record.key, letter.to_json())]
+            observations = unpack(record.value)
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            return [self._dead(record, record.value, f"monitor observation: {exc!r}")]
+        out: list[Emit] = []
+        for index, obs in enumerate(observations):
+            try:
+                out.extend(self._observe(obs))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                where = "" if len(observations) == 1 else f" (item {index} of {len(observations)})"
+                out.append(self._dead(record, orjson.dumps(obs), f"monitor observation{where}: {exc!r}"))
+        return out
+
+    def _dead(self, record: Record, payload: bytes | None, reason: str) -> Emit:
+        letter = dead_letter(source_topic=record.topic, partition=record.partition, offset=record.offset,
+                             key=record.key, payload=payload, reason=reason)
+        return Emit("dead-letters", record.key, letter.to_json())
+
+    def _observe(self, obs: dict) -> list[Emit]:
+        updates = self._learn(obs)
+        if obs["k"] == "c":
+            return self._updates(updates)
+        ident = (obs["m"], obs["v"])
+        monitor = self.monitors.get(ident)
+        if monitor is None:
+            monitor = self.monitors[ident] = ModelMonitor(obs["m"], obs["v"], self.config, self.epoch)
+        raised = monitor.observe(obs)
+        requests = self._route(ident, obs, raised)
         self._dirty.add(ident)
         out = []
         for alert in raised:

@@ -5,6 +5,12 @@ learning need every observation of one model in one place and in order. So the j
 new prediction and per outcome revision, a small JSON record keyed by model, and the monitor agent
 consumes that topic (monitors and routers per model version, learners per model).
 
+A batch's observations of one model travel together: :func:`pack` joins them into one message
+whose value is a JSON array (at most :data:`PACK_MAX` observations or :data:`PACK_MAX_BYTES`
+bytes), so the monitor pays the broker and the stream machinery once per batch and model rather
+than once per event. A single JSON object (a control record of ``feedback-loop models``) is read
+as one observation.
+
 Examples
 --------
 >>> key, value = outcome_observation("p-1", "m", "1", 10.0, 20.0, True, 0.8, 1)
@@ -16,11 +22,14 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 
 SEPARATOR = "\x1f"
+#: Most observations, and about the most bytes, in one packed ``monitor-input`` message.
+PACK_MAX = 500
+PACK_MAX_BYTES = 256 * 1024
 
 
 def monitor_key(model: str, version: str) -> bytes:
@@ -72,3 +81,57 @@ def outcome_observation(prediction_id: str, model: str, version: str, predicted_
 
 def decode(raw: bytes) -> dict[str, Any]:
     return orjson.loads(raw)
+
+
+def pack(emits: Iterable[Any], kind: str = "monitor-input") -> list[Any]:
+    """The same messages with each key's ``kind`` values joined into JSON arrays, in order.
+
+    ``emits`` are :class:`streams.partition.Emit`; other kinds pass through unchanged and first.
+    Within a key the observations keep their order (one key, one partition of the topic).
+
+    Examples
+    --------
+    >>> from streams.partition import Emit
+    >>> out = pack([Emit("monitor-input", b"a", b'{"n":1}'), Emit("outcomes", b"x", b"{}"),
+    ...             Emit("monitor-input", b"b", b'{"n":2}'), Emit("monitor-input", b"a", b'{"n":3}')])
+    >>> [(e.kind, e.key, e.value) for e in out]  # doctest: +NORMALIZE_WHITESPACE
+    [('outcomes', b'x', b'{}'), ('monitor-input', b'a', b'[{"n":1},{"n":3}]'),
+     ('monitor-input', b'b', b'[{"n":2}]')]
+    """
+    out: list[Any] = []
+    groups: dict[bytes | None, list[bytes]] = {}
+    template = None
+    for emit in emits:
+        if emit.kind == kind:
+            groups.setdefault(emit.key, []).append(emit.value)
+            template = emit
+        else:
+            out.append(emit)
+    for key, values in groups.items():
+        chunk: list[bytes] = []
+        size = 0
+        for value in values:
+            if chunk and (len(chunk) >= PACK_MAX or size + len(value) > PACK_MAX_BYTES):
+                out.append(template._replace(key=key, value=b"[" + b",".join(chunk) + b"]"))
+                chunk, size = [], 0
+            chunk.append(value)
+            size += len(value) + 1
+        out.append(template._replace(key=key, value=b"[" + b",".join(chunk) + b"]"))
+    return out
+
+
+def unpack(raw: bytes | None) -> list[Any]:
+    """The observations of one ``monitor-input`` value: a packed array or a single object.
+
+    Raises ``orjson.JSONDecodeError`` (a ``ValueError``) when ``raw`` is not JSON and
+    ``TypeError`` when it is neither an object nor an array.
+
+    >>> unpack(b'[{"k":"p"},{"k":"o"}]'), unpack(b'{"k":"c"}')
+    ([{'k': 'p'}, {'k': 'o'}], [{'k': 'c'}])
+    """
+    value = orjson.loads(raw or b"")
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return [value]
+    raise TypeError(f"a monitor observation is a JSON object or an array of them, not {type(value).__name__}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -13,6 +14,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from feedback_loop.errors import ConfigurationError
+from feedback_loop.kafka_security import kafka_python_kwargs, redis_kwargs
 from feedback_loop.settings import Settings
 from feedback_loop.signing import Signer
 from streams.agents import join, metrics, monitor
@@ -46,24 +48,24 @@ def build_app(settings: Settings) -> faust.App:
     signer = signer_for(settings)
     app = create_app(settings)
     topics = declare(app, settings)
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(settings.redis_url, **redis_kwargs(settings))
     store = CheckpointStore(redis, settings)
     activity: dict[str, Any] = {"last_event_at": None}
-    join_states = join.register(app, settings, topics, store, activity)
+    join_service = join.register(app, settings, topics, store, activity)
+    join_states = join_service.states
     monitor_states = monitor.register(app, settings, topics,
                                       MonitorStore(redis, settings, config, signer, store.owner, routing,
-                                                   learning, ModelRegistry(SyncRedis.from_url(settings.redis_url),
+                                                   learning, ModelRegistry(SyncRedis.from_url(settings.redis_url, **redis_kwargs(settings)),
                                                                            settings, signer)),
                                       activity)
     metrics.register(app, settings, topics, redis)
     started = time.time()
-    inputs = set(settings.topics[:3])
 
     @app.timer(HEARTBEAT_SECONDS)
     async def heartbeat() -> None:
         """Liveness for /healthz: which worker holds which partitions and when it last worked."""
         last = activity["last_event_at"]
-        assigned = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in inputs})
+        assigned = join_service.assigned()
         beat = {"worker": store.owner, "pid": os.getpid(), "host": socket.gethostname(),
                 "started_at": started, "at": time.time(), "partitions": assigned,
                 "loaded_partitions": join_states.owned(), "monitor_partitions": monitor_states.owned(),
@@ -75,6 +77,32 @@ def build_app(settings: Settings) -> faust.App:
     return app
 
 
+class _Worker(faust.Worker):
+    """``faust.Worker`` without the terminal spinner.
+
+    The spinner's log handler sets the root logger to DEBUG (faust.worker._setup_spinner_handler)
+    when the level is WARNING or above, so every aiokafka debug call in the hot path (one per
+    message sent) built and filtered a log record: 7 % of the worker's time under load.
+    """
+
+    def on_setup_root_logger(self, logger: Any, level: int) -> None:
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+
+
+def tune_gc() -> None:
+    """Collect the young generations less often.
+
+    A worker holds hundreds of thousands of long-lived objects (join entries, windows, model
+    states); with the default thresholds (700, 10, 10) the collector walks them so often that it
+    took most of the join's time (profiled: 150 us per prediction with, 34 us without).
+    Reference counting still frees everything acyclic at once; cycles are collected later.
+    """
+    gc.collect()
+    gc.freeze()  # what exists after start-up is never scanned again
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run_worker(settings: Settings) -> None:
     """Check the settings, create missing topics, run one worker until SIGINT/SIGTERM (blocking)."""
     from feedback_loop.kafka_admin import ensure_topics
@@ -82,6 +110,7 @@ def run_worker(settings: Settings) -> None:
     app = build_app(settings)
     assert settings.kafka_bootstrap
     ensure_topics(settings.kafka_bootstrap, list(settings.topics), settings.partitions,
-                  settings.replication_factor)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+                  settings.replication_factor, security=kafka_python_kwargs(settings))
+    tune_gc()
+    worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import faust
 
 from feedback_loop.errors import OwnershipLostError
+from streams.observations import pack
 from streams.partition import Emit, Record
 from streams.topics import StreamTopics
 
@@ -59,19 +60,31 @@ class PartitionStates:
         return sorted(self._states)
 
 
-async def publish_and_save(app: faust.App, topics: StreamTopics, states: PartitionStates, state: Any,
+#: ``send(topic, key, value)``: hand one message to a producer; awaiting the result waits for its ack.
+Send = Callable[[str, "bytes | None", bytes], Awaitable[Awaitable[Any]]]
+
+
+def faust_send(app: faust.App) -> Send:
+    """``send`` through the Faust app's producer."""
+    def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[Awaitable[Any]]:
+        return app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+    return send
+
+
+async def publish_and_save(send: Send, topics: StreamTopics, states: PartitionStates, state: Any,
                            emits: list[Emit]) -> bool:
     """Publish ``emits`` (waiting for the acks), then checkpoint; False if the partition was lost.
 
-    Messages go straight to the producer (raw bytes, no Faust channel machinery per message).
+    Messages go straight to the producer (raw bytes, no Faust channel machinery per message);
+    monitor observations go packed, one message per model and batch (:func:`streams.observations.pack`).
     """
     prepare = getattr(states.store, "before_publish", None)
     if prepare is not None:
         await prepare(state)
     if emits:
-        send, name = app.producer.send, topics.name_of
-        pending = [await send(name(m.kind), m.key, m.value, partition=None, timestamp=None, headers=None)
-                   for m in emits]
+        emits = pack(emits)
+        name = topics.name_of
+        pending = [await send(name(m.kind), m.key, m.value) for m in emits]
         await asyncio.gather(*pending)
     try:
         await states.store.save(state)
@@ -86,6 +99,7 @@ def register(app: faust.App, name: str, source: faust.TopicT, inputs: set[str], 
              within: float, topics: StreamTopics, states: PartitionStates,
              activity: dict[str, Any]) -> Any:
     """Add the agent ``name`` over ``source``; ``activity`` receives liveness counters."""
+    send = faust_send(app)
 
     @app.on_partitions_revoked.connect
     async def _on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -97,7 +111,7 @@ def register(app: faust.App, name: str, source: faust.TopicT, inputs: set[str], 
                    for e in batch]
         async with states.locks[partition]:
             state = await states.get(partition)
-            return await publish_and_save(app, topics, states, state, state.apply_all(records, time.time()))
+            return await publish_and_save(send, topics, states, state, state.apply_all(records, time.time()))
 
     @app.agent(source, name=name, concurrency=1)
     async def agent(stream: faust.StreamT) -> None:

@@ -172,10 +172,13 @@ def produced_ends(metas: Iterable[Any], into: dict[TopicPartition, int] | None =
 
 
 def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
-    """The worker group's committed offsets (next offset to read) of its input topics."""
+    """The workers' committed offsets (next offset to read): the join group's of the input
+    topics, the Faust app group's of the internal topics."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=20_000)
     try:
-        got = admin.list_group_offsets({settings.app_id: None}).get(settings.app_id, {})
+        got = {}
+        for group in (settings.join_group_id, settings.app_id):
+            got.update(admin.list_group_offsets({group: None}).get(group, {}))
     finally:
         admin.close()
     return {tp: meta.offset for tp, meta in got.items() if meta.offset is not None and meta.offset >= 0}

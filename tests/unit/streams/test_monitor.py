@@ -139,6 +139,30 @@ def test_partition_applies_each_offset_once_and_dead_letters_garbage():
     assert letter.kind == "dead-letters"
 
 
+def test_packed_observations_apply_in_order_and_a_bad_one_alone_is_a_dead_letter():
+    from streams.observations import pack
+    from streams.partition import Emit
+
+    single = MonitorPartition(0, config(), "e")
+    single.apply_all([Record("monitor-input", 0, i, b"m", orjson.dumps(outcome(i, i % 3 != 0))) for i in range(9)])
+    (packed,) = pack([Emit("monitor-input", b"m", orjson.dumps(outcome(i, i % 3 != 0))) for i in range(9)])
+    part = MonitorPartition(0, config(), "e")
+    assert part.apply_all([Record("monitor-input", 0, 0, packed.key, packed.value)]) == []
+    assert part.monitors[("m", "1")].to_bytes(SIGNER) == single.monitors[("m", "1")].to_bytes(SIGNER)
+    # the same packed record again is a no-op; a pack with one broken observation diverts only it
+    assert part.apply_all([Record("monitor-input", 0, 0, packed.key, packed.value)]) == []
+    broken = b"[" + orjson.dumps(outcome(9, True)) + b',{"k":"o"},' + orjson.dumps(outcome(10, True)) + b"]"
+    (letter,) = part.apply_all([Record("monitor-input", 0, 1, b"m", broken)])
+    assert letter.kind == "dead-letters"
+    body = orjson.loads(letter.value)
+    assert "item 1 of 3" in body["reason"] and "KeyError" in body["reason"]
+    assert part.monitors[("m", "1")].outcomes == 11
+    (letter,) = part.apply_all([Record("monitor-input", 0, 2, b"m", b"[1")])
+    assert letter.kind == "dead-letters"
+    (letter,) = part.apply_all([Record("monitor-input", 0, 3, b"m", b"7")])
+    assert "JSON object or an array" in orjson.loads(letter.value)["reason"]
+
+
 def test_a_pinned_reference_file_is_the_reference(tmp_path):
     from streams.monitor import load_reference
 
