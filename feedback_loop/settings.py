@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         30.0, gt=0,
         description="Wall seconds after which a silent input (predictions or labels) stops holding back the event-time watermark.",
     )
+    redis_retry_seconds: float = Field(
+        30.0, gt=0, description="How long a worker retries Redis (checkpoints, claims) while it is "
+        "unreachable before it stops with an error.")
+    snapshot_log_seconds: float = Field(
+        60.0, gt=0, description="How long the log of checkpointed metric changes is kept for readers "
+        "that follow it (the web API); one that falls further behind reloads every partition.")
     expiry_interval_seconds: float = Field(1.0, gt=0, description="How often idle partitions are checked for expiry.")
     rolling_window: int = Field(1000, ge=1, description="Outcomes in the rolling metrics window.")
     max_event_bytes: int = Field(1_000_000, ge=1024, description="Larger messages are dead-lettered.")

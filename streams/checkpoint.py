@@ -6,9 +6,12 @@ Join state layout (``ns`` is ``Settings.redis_namespace``)::
     {ns}:agg:{p}      hash  [model, version, tag, value] -> aggregate (streams.partition.Aggregate)
     {ns}:win:{p}      hash  [model, version, tag, value, predicted_at, id] -> rolling-window sample
     {ns}:meta:{p}     hash  offsets / watermark / counters
+    {ns}:outbox:{p}   hash  the last batch's messages, published after the save (see claim)
     {ns}:owner:{p}    string  token of the worker that owns the partition
     {ns}:partitions   set   partitions that have state
     {ns}:version      int   bumped by every checkpoint, so readers can skip unchanged state
+    {ns}:agglog       stream  per join checkpoint, the aggregates and window samples it changed
+                      (trimmed to the last ``snapshot_log_seconds``; see streams.snapshots.SnapshotReader)
 
 Monitor state (``monitor-input`` partitions) lives in ``{ns}:mon:{p}`` (model version -> monitor),
 ``{ns}:monref:{p}`` (its data-drift references, written once complete) and ``{ns}:monmeta:{p}``,
@@ -23,21 +26,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
+import time
 import uuid
 from typing import Any, Callable
 
+import orjson
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from feedback_loop.errors import OwnershipLostError
+from feedback_loop.errors import OwnershipLostError, StoreUnavailableError
 from feedback_loop.settings import Settings
-from streams.partition import PartitionState
+from streams.partition import Emit, PartitionState
+from streams.snapshots import log_entry
 
 
 log = logging.getLogger(__name__)
+
+
+class _ConnectionLost(Exception):
+    """redis-py reports a connection lost while watching keys as a WatchError."""
+
+
+def _raise_if_connection_lost(exc: WatchError) -> None:
+    if "ConnectionError" in str(exc) or "TimeoutError" in str(exc):
+        raise _ConnectionLost(str(exc)) from exc
 
 
 class Fence:
@@ -62,7 +78,37 @@ class Fence:
         self._tokens.pop(partition, None)
 
     async def write(self, partition: int, fill: Callable[[Pipeline], None]) -> None:
-        """Run ``fill``'s commands in one transaction, if this worker still owns ``partition``."""
+        """Run ``fill``'s commands in one transaction, if this worker still owns ``partition``.
+
+        While Redis is unreachable (a restart, a failover) the write is retried with backoff for
+        up to ``redis_retry_seconds``, then :class:`~feedback_loop.errors.StoreUnavailableError`
+        is raised. A retried transaction may have been applied once already; every command in a
+        checkpoint sets absolute values, so applying it twice leaves the same state.
+        """
+        await self._retrying(lambda: self.write_once(partition, fill))
+
+    async def write_many(self, fills: dict[int, Callable[[Pipeline], None]]) -> set[int]:
+        """:meth:`write` for several partitions in one transaction; return the partitions this
+        worker no longer owns (nothing of theirs is written)."""
+        return await self._retrying(lambda: self._write_many_once(fills))
+
+    async def _retrying(self, attempt: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self.settings.redis_retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return await attempt()
+            except (RedisConnectionError, RedisTimeoutError, _ConnectionLost) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailableError(
+                        f"Redis did not answer for {self.settings.redis_retry_seconds:.0f} s ({exc}); "
+                        "check that it is running and reachable at redis_url") from exc
+                log.warning("Redis unavailable (%s): checkpoint retried in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def write_once(self, partition: int, fill: Callable[[Pipeline], None]) -> None:
+        """:meth:`write` without retries."""
         owner_key = self.settings.key(self.owner_kind, partition)
         token = self._tokens.get(partition)
         try:
@@ -74,9 +120,39 @@ class Fence:
                 fill(pipe)
                 pipe.incr(self.settings.key("version"))
                 await pipe.execute()
-        except WatchError:
+        except WatchError as exc:
+            _raise_if_connection_lost(exc)
             raise OwnershipLostError(
                 f"partition {partition} was claimed by another worker during a save") from None
+
+
+    async def _write_many_once(self, fills: dict[int, Callable[[Pipeline], None]]) -> set[int]:
+        lost = {p for p in fills if p not in self._tokens}
+        mine = sorted(p for p in fills if p not in lost)
+        if not mine:
+            return lost
+        keys = [self.settings.key(self.owner_kind, p) for p in mine]
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(*keys)
+                current = await pipe.mget(keys)
+                lost |= {p for p, token in zip(mine, current) if token != self._tokens.get(p)}
+                pipe.multi()
+                for p in mine:
+                    if p not in lost:
+                        fills[p](pipe)
+                pipe.incr(self.settings.key("version"))
+                await pipe.execute()
+        except WatchError as exc:  # some partition was claimed meanwhile: find out which, one by one
+            _raise_if_connection_lost(exc)
+            for p in mine:
+                if p in lost:
+                    continue
+                try:
+                    await self.write_once(p, fills[p])
+                except OwnershipLostError:
+                    lost.add(p)
+        return lost
 
 
 class CheckpointStore:
@@ -104,22 +180,39 @@ class CheckpointStore:
         )
 
     async def claim(self, partition: int, now: float) -> PartitionState:
-        """Take ownership of ``partition`` and load its last checkpoint (``now``: wall time)."""
+        """Take ownership of ``partition`` and load its last checkpoint (``now``: wall time).
+
+        The messages of the last batch saved (``{ns}:outbox:{p}``) come back as
+        ``state.leftover``: the caller publishes them again before anything else, since the
+        worker that saved them may have died before publishing them.
+        """
         join_key, agg_key, win_key, meta_key = self._keys(partition)
         await self.redis.sadd(self.settings.key("partitions"), partition)
-        entries, aggregates, meta, windows = await self.fence.claim(
-            partition, [join_key, agg_key, meta_key, win_key])
+        entries, aggregates, meta, windows, outbox = await self.fence.claim(
+            partition, [join_key, agg_key, meta_key, win_key, self.settings.key("outbox", partition)])
         state = self.new_state(partition)
         state.restore(entries, aggregates, meta, windows, now)
+        state.leftover = [decode_outbox_item(outbox[k]) for k in sorted(outbox)]
         return state
 
     def release(self, partition: int) -> None:
         """Forget the token of a partition this worker no longer owns."""
         self.fence.release(partition)
 
-    async def save(self, state: PartitionState) -> None:
-        """Write the state's changes atomically, if this worker still owns the partition."""
+    async def clear_outbox(self, partition: int) -> None:
+        """Forget the last batch's messages once they are published (a handover in good order);
+        best effort: if this fails, the next owner sends them again, identical."""
+        key = self.settings.key("outbox", partition)
+        try:
+            await self.fence.write_once(partition, lambda pipe: pipe.delete(key))
+        except Exception as exc:
+            log.info("outbox of partition %d left for the next owner (%r)", partition, exc)
+
+    def _fill(self, state: PartitionState, outbox: list[Emit] | None = None) -> Callable[[Pipeline], None]:
         join_key, agg_key, win_key, meta_key = self._keys(state.partition)
+        outbox_key = self.settings.key("outbox", state.partition)
+        items = {b"%08d" % i: encode_outbox_item(m) for i, m in enumerate(outbox or ())}
+        log_key = self.settings.key("agglog")
         changes = state.changes()
 
         def fill(pipe: Pipeline) -> None:
@@ -134,19 +227,61 @@ class CheckpointStore:
             if changes.window_set:
                 pipe.hset(win_key, mapping=changes.window_set)
             pipe.hset(meta_key, mapping=changes.meta)
+            pipe.delete(outbox_key)
+            if items:
+                pipe.hset(outbox_key, mapping=items)
+            if changes.aggregates or changes.window_set or changes.window_removed:
+                pipe.xadd(log_key, log_entry(state.partition, changes.aggregates, changes.window_set,
+                                             changes.window_removed, changes.meta["counters"]),
+                          minid=int((time.time() - self.settings.snapshot_log_seconds) * 1000), approximate=True)
 
-        await self.fence.write(state.partition, fill)
+        return fill
+
+    async def save(self, state: PartitionState) -> None:
+        """Write the state's changes atomically, if this worker still owns the partition."""
+        await self.fence.write(state.partition, self._fill(state))
         state.mark_clean()
+
+    async def save_many(self, states: list[PartitionState],
+                        outboxes: dict[int, list[Emit]] | None = None) -> set[int]:
+        """:meth:`save` several partitions in one transaction; return the partitions lost.
+
+        ``outboxes``: per partition, the messages of this batch, stored with the state (the
+        outbox) so that whoever owns the partition next publishes exactly these bytes again if
+        this worker dies before publishing them (:meth:`claim`).
+        """
+        outboxes = outboxes or {}
+        lost = await self.fence.write_many({s.partition: self._fill(s, outboxes.get(s.partition)) for s in states})
+        for state in states:
+            if state.partition not in lost:
+                state.mark_clean()
+        return lost
+
+
+def encode_outbox_item(message: Emit) -> bytes:
+    """One outbox entry: a JSON header ``[kind, key]`` (the key as latin-1 text), a newline, the value.
+
+    >>> decode_outbox_item(encode_outbox_item(Emit("outcomes", b"p-1", b'{"a":1}')))
+    Emit(kind='outcomes', key=b'p-1', value=b'{"a":1}')
+    """
+    key = None if message.key is None else message.key.decode("latin-1")
+    return orjson.dumps([message.kind, key]) + b"\n" + message.value
+
+
+def decode_outbox_item(raw: bytes) -> Emit:
+    header, _, value = raw.partition(b"\n")
+    kind, key = orjson.loads(header)
+    return Emit(kind, None if key is None else key.encode("latin-1"), value)
 
 
 def reset_join_state(client: SyncRedis, settings: Settings) -> int:
     """Delete every partition checkpoint and snapshot (the input topics were created anew)."""
     patterns = [settings.key(kind, "*") for kind in
-                ("join", "agg", "win", "meta", "owner", "mon", "monref", "monmeta", "monowner",
+                ("join", "agg", "win", "meta", "owner", "outbox", "mon", "monref", "monmeta", "monowner",
                           "route", "learn")]
     keys = [k for pattern in patterns for k in client.scan_iter(match=pattern, count=500)]
     keys += [settings.key(name) for name in ("partitions", "snapshots", "version", "estimates", "epoch", "history",
-                                                       "learners")]
+                                                       "learners", "agglog")]
     keys += [settings.key("alerts", "recent")]
     return int(client.delete(*keys)) if keys else 0
 
@@ -253,7 +388,7 @@ class MonitorStore:
 
     async def save(self, state: Any) -> None:
         k = self.settings.key
-        changes = state.changes(self.signer)
+        changes = await asyncio.to_thread(state.changes, self.signer)  # pickles and signs: off the loop
 
         def fill(pipe: Pipeline) -> None:
             if changes.monitors:

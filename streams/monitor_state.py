@@ -63,6 +63,8 @@ class MonitorPartition:
     #: champion changes decided in this batch: (model, version, previous, action)
     champion_changes: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     refused_learners: list[str] = field(default_factory=list)
+    #: observations applied since this state was loaded (liveness, not checkpointed)
+    observed: int = 0
     _dirty: set[tuple[str, str]] = field(default_factory=set)
     _dirty_learners: set[str] = field(default_factory=set)
     _references_saved: dict[tuple[str, str], tuple[bool, bool]] = field(default_factory=dict)
@@ -79,6 +81,7 @@ class MonitorPartition:
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             return [self._dead(record, record.value, f"monitor observation: {exc!r}")]
         out: list[Emit] = []
+        self.observed += len(observations)
         for index, obs in enumerate(observations):
             try:
                 out.extend(self._observe(obs))

@@ -151,6 +151,8 @@ class PartitionState:
     counters: dict[str, int] = field(default_factory=lambda: {
         "orphan_labels": 0, "duplicate_predictions": 0, "dead_letters": 0, "retired_outcomes": 0,
         "rejected_truths": 0})
+    #: messages of the last checkpointed batch, maybe not published yet (see streams.checkpoint)
+    leftover: list[Emit] = field(default_factory=list, repr=False)
     _deadlines: list[tuple[float, str]] = field(default_factory=list, repr=False)
     _dirty: set[str] = field(default_factory=set, repr=False)
     _removed: set[str] = field(default_factory=set, repr=False)

@@ -39,6 +39,19 @@ def signer_for(settings: Settings) -> Signer:
     return Signer(settings.signing_key.get_secret_value().encode())
 
 
+def retrying(settings: Settings, sync: bool = False) -> dict[str, Any]:
+    """Redis client options: commands retried with backoff (50 ms doubling to 1 s) for about
+    ``redis_retry_seconds`` while Redis is unreachable (a restart, a failover)."""
+    from redis import exceptions
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    attempts = max(1, int(settings.redis_retry_seconds))
+    retry = (Retry if sync else AsyncRetry)(ExponentialBackoff(cap=1.0, base=0.05), attempts)
+    return {"retry": retry, "retry_on_error": [exceptions.ConnectionError, exceptions.TimeoutError]}
+
+
 def build_app(settings: Settings) -> faust.App:
     """The worker's Faust app for ``settings`` (a Kafka bootstrap and a Redis URL must be set)."""
     assert settings.kafka_bootstrap and settings.redis_url, "resolve the servers before building a worker"
@@ -48,14 +61,15 @@ def build_app(settings: Settings) -> faust.App:
     signer = signer_for(settings)
     app = create_app(settings)
     topics = declare(app, settings)
-    redis = Redis.from_url(settings.redis_url, **redis_kwargs(settings))
+    redis = Redis.from_url(settings.redis_url, **redis_kwargs(settings), **retrying(settings))
     store = CheckpointStore(redis, settings)
     activity: dict[str, Any] = {"last_event_at": None}
     join_service = join.register(app, settings, topics, store, activity)
     join_states = join_service.states
     monitor_states = monitor.register(app, settings, topics,
                                       MonitorStore(redis, settings, config, signer, store.owner, routing,
-                                                   learning, ModelRegistry(SyncRedis.from_url(settings.redis_url, **redis_kwargs(settings)),
+                                                   learning, ModelRegistry(SyncRedis.from_url(settings.redis_url, **redis_kwargs(settings),
+                                                                                           **retrying(settings, sync=True)),
                                                                            settings, signer)),
                                       activity)
     metrics.register(app, settings, topics, redis)

@@ -9,15 +9,21 @@ The join is the hot path, so it does not go through Faust's per-event stream mac
 ``Event`` object, a channel queue and an ack per message cost more than joining the message):
 :class:`JoinService` is a :class:`mode.Service` started with the Faust app that reads the three
 input topics with its own ``aiokafka`` consumer in the group ``<app_id>-join``, in batches
-(``getmany``), processes the batch's partitions concurrently, and publishes with its own
-producer. Per partition and batch the steps are the ones of :mod:`streams.agents.partitioned`:
-apply (a pure function), publish and wait for the acks, checkpoint in Redis, and only then
-commit the offsets (every ``commit_interval`` seconds, on revocation and at stop).
+(``getmany``), and publishes with its own producer. Per fetch the steps are the ones of
+:mod:`streams.agents.partitioned`, done once for all the partitions fetched: apply each
+partition's records (a pure function), checkpoint all the partitions in one Redis transaction
+together with the messages they produced (each partition's outbox), publish those messages and
+wait for the acks, and only then commit the offsets (every ``COMMIT_INTERVAL`` seconds, on
+revocation and at stop). Whoever claims a partition next publishes its outbox again first, so a
+crash between the save and the acks yields byte-identical duplicates, never a second version of
+an outcome revision.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 import time
 from collections import defaultdict
@@ -25,19 +31,25 @@ from typing import Any, Awaitable
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from mode import Service
 
 from feedback_loop.kafka_security import aiokafka_kwargs
 from feedback_loop.settings import Settings
 from streams.agents import partitioned
 from streams.checkpoint import CheckpointStore
-from streams.partition import Record
+from streams.observations import pack_by_partition
+from streams.partition import Emit, Record
 from streams.topics import StreamTopics
 
 log = logging.getLogger(__name__)
 
 #: Seconds between offset commits while batches flow (the checkpoints make re-reads no-ops).
 COMMIT_INTERVAL = 1.0
+
+
+def _timestamp(message: Any) -> int:
+    return message.timestamp
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -67,6 +79,8 @@ class JoinService(Service):
         self._uncommitted: dict[TopicPartition, int] = {}
         self._committed_at = 0.0
         self._revoked: set[int] = set()
+        self._stopping = False
+        self._loop_done: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def on_start(self) -> None:
@@ -76,7 +90,13 @@ class JoinService(Service):
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.join_group_id, client_id=f"{s.app_id}-join",
-            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=s.batch_max,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            # partition p of the three inputs holds the same prediction ids: one worker must own
+            # it in all three (round robin, aiokafka's default, splits them when the member
+            # count does not divide the partition count)
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            # smaller fetches interleave the partitions finely and keep a batch short
+            max_partition_fetch_bytes=256 * 1024,
             fetch_max_wait_ms=s.broker_fetch_max_wait_ms,
             session_timeout_ms=int(s.broker_session_timeout * 1000),
             heartbeat_interval_ms=int(s.broker_heartbeat_interval * 1000),
@@ -86,6 +106,12 @@ class JoinService(Service):
 
     async def on_stop(self) -> None:
         bound = self.settings.shutdown_timeout_seconds / 2
+        self._stopping = True  # the loop finishes its batch (published and saved), then exits
+        if self._loop_done is not None:
+            try:
+                await asyncio.wait_for(self._loop_done.wait(), bound)
+            except asyncio.TimeoutError:
+                log.warning("the join's last batch did not finish within %.1f s; the next owner replays it", bound)
         if self.consumer is not None:
             try:
                 await asyncio.wait_for(self._commit(), bound)
@@ -100,6 +126,10 @@ class JoinService(Service):
                 await asyncio.wait_for(self.producer.stop(), bound)
             except asyncio.TimeoutError:
                 log.warning("join producer did not stop within %.1f s", bound)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def assigned(self) -> list[int]:
         """Partitions of the inputs this worker owns now."""
@@ -116,36 +146,82 @@ class JoinService(Service):
     async def _consume(self) -> None:
         assert self.consumer is not None
         within_ms = max(1, int(self.settings.batch_within_seconds * 1000))
-        while not self.should_stop:
-            batches = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.settings.batch_max)
+        self._loop_done = asyncio.Event()
+        try:
+            await self._run_batches(within_ms)
+        finally:
+            self._loop_done.set()
+
+    async def _run_batches(self, within_ms: int) -> None:
+        assert self.consumer is not None
+        while not self.should_stop and not self._stopping:
+            # Everything fetched so far, all three inputs: the fetcher holds at most one response
+            # per partition, and a batch that takes a topic's records without the others' would
+            # show the monitors hours of predictions before their labels.
+            batches = await self.consumer.getmany(timeout_ms=within_ms)
             if batches:
-                by_partition: dict[int, list[Any]] = defaultdict(list)
-                for tp, messages in batches.items():
-                    by_partition[tp.partition].append((tp, messages))
-                await asyncio.gather(*(self._process(p, parts) for p, parts in by_partition.items()))
+                await self._process(batches)
                 count = sum(len(m) for m in batches.values())
                 self.activity["join_events"] = self.activity.get("join_events", 0) + count
                 self.activity["last_event_at"] = asyncio.get_running_loop().time()
             if time.monotonic() - self._committed_at >= COMMIT_INTERVAL:
                 await self._commit()
 
-    async def _process(self, partition: int, parts: list[tuple[TopicPartition, list[Any]]]) -> None:
+    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Apply one fetch: every partition's records, one round of publishing for all of them,
+        one Redis transaction for all their checkpoints, then mark their offsets to commit."""
         assert self.consumer is not None
-        records = [Record(m.topic, partition, m.offset, m.key, m.value) for _, messages in parts for m in messages]
-        async with self.states.locks[partition]:
+        by_partition: dict[int, list[tuple[TopicPartition, list[Any]]]] = defaultdict(list)
+        for tp, messages in batches.items():
+            by_partition[tp.partition].append((tp, messages))
+        async with contextlib.AsyncExitStack() as held:
+            for partition in sorted(by_partition):  # always in the same order: no deadlock
+                await held.enter_async_context(self.states.locks[partition])
             owned = self.consumer.assignment()
-            if partition in self._revoked or any(tp not in owned for tp, _ in parts):
-                return  # revoked while this batch waited: the new owner reads it
-            state = await self.states.get(partition)
-            saved = await partitioned.publish_and_save(self.send, self.topics, self.states, state,
-                                                       state.apply_all(records, time.time()))
-        if saved:
+            live = {p: parts for p, parts in by_partition.items()
+                    if p not in self._revoked and all(tp in owned for tp, _ in parts)}
+            # (a partition revoked while this batch waited is the new owner's to read)
+            states = {p: await self.states.get(p) for p in sorted(live)}
+            # a new owner first publishes what the last one saved but may not have published
+            await self._publish([m for state in states.values() for m in state.leftover])
+            for state in states.values():
+                state.leftover = []
+            # All the fetched records in the order they were produced (Kafka timestamps), across
+            # topics and partitions, as one consumer reading them one by one would see them: the
+            # monitors then see predictions and outcomes in a realistic order even when a fetch
+            # brings a long backlog of each input of each partition.
+            now = time.time()
+            emitted: list[tuple[int, Emit]] = []
+            for m in heapq.merge(*(messages for parts in live.values() for _, messages in parts), key=_timestamp):
+                emitted += [(m.partition, e) for e in
+                            states[m.partition].apply(Record(m.topic, m.partition, m.offset, m.key, m.value), now)]
+            for state in states.values():
+                state.expire(now)
+            # Saved with the state, published after: a replay by another owner publishes these
+            # same bytes again, never a different version of an outcome revision.
+            ordered = pack_by_partition(emitted)
+            outboxes: dict[int, list[Emit]] = defaultdict(list)
+            for partition, message in ordered:
+                outboxes[partition].append(message)
+            lost = await self.states.store.save_many(list(states.values()), outboxes) if states else set()
+            for partition in lost:
+                log.warning("join partition %d is owned by another worker now: dropping its state; "
+                            "the new owner replays the batch", partition)
+                self.states.drop(partition)
+            await self._publish([m for partition, m in ordered if partition not in lost])
+        for partition, parts in live.items():
             for tp, messages in parts:
-                self._uncommitted[tp] = messages[-1].offset + 1
-        else:  # ownership lost: read the batch again (the checkpoint skips what was applied)
-            for tp, messages in parts:
-                if tp in self.consumer.assignment():
+                if partition not in lost:
+                    self._uncommitted[tp] = messages[-1].offset + 1
+                elif tp in self.consumer.assignment():  # still ours: read the batch again
                     self.consumer.seek(tp, messages[0].offset)
+
+    async def _publish(self, messages: list[Emit]) -> None:
+        """Send ``messages`` in order and wait for every ack."""
+        if messages:
+            name = self.topics.name_of
+            pending = [await self.send(name(m.kind), m.key, m.value) for m in messages]
+            await asyncio.gather(*pending)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         assert self.consumer is not None
@@ -168,6 +244,8 @@ class JoinService(Service):
         self._revoked |= partitions
         for partition in sorted(partitions):
             async with self.states.locks[partition]:
+                if self.states.loaded(partition) is not None:
+                    await self.states.store.clear_outbox(partition)  # published: the next owner has nothing to resend
                 self.states.drop(partition)
         try:
             await self._commit(set(revoked))
@@ -189,7 +267,7 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, store: Ch
     @app.timer(settings.expiry_interval_seconds)
     async def expire_idle() -> None:
         """Expiry also runs while no events arrive (idle inputs release the watermark)."""
-        if service.producer is None:
+        if service.producer is None or service.stopping:
             return
         for partition in states.owned():
             async with states.locks[partition]:
