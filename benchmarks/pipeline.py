@@ -24,7 +24,9 @@ those same message bytes:
     Both are therefore a backlog drained by the worker, as in (a) and (b).
 
 Then, with the worker running normally, ``--rate`` x ``--seconds`` more predictions of a separate
-model are published and applied, and their labels are sent at ``--rate`` labels/s for
+model are published and applied, the worker is left to go quiet (its join and monitor counters
+still for 2 s: the monitors have worked off the backlogs' observations, reported as
+``monitor_settle_s``), and their labels are sent at ``--rate`` labels/s for
 ``--seconds`` s while ``GET /api/models`` (served by :func:`feedback_loop.web.start_web` in this
 process, in a background thread) is polled; label k's latency is the first time the model's
 cumulative ``count`` is seen at ``>= k + 1`` minus the time label k was handed to the producer.
@@ -400,6 +402,23 @@ class Checkpoints:
             time.sleep(0.2)
         raise RuntimeError(f"no heartbeat from the worker within {timeout:.0f} s\n" + _tail(worker.log_path))
 
+    def wait_quiet(self, worker: Worker, quiet: float, timeout: float) -> float:
+        """Wait until the worker's event counters (join and monitor) stay still for ``quiet`` s:
+        the monitors have worked off the observations of the backlogs; return the seconds waited."""
+        started = time.monotonic()
+        last, since = None, time.monotonic()
+        while time.monotonic() - started < timeout:
+            worker.check_alive()
+            keys = list(self.redis.scan_iter(match=self.settings.key("workers", "*"), count=500))
+            beats = [orjson.loads(raw) for raw in (self.redis.mget(keys) if keys else []) if raw]
+            events = sorted((b.get("events") or {}).items() for b in beats if b.get("pid") == worker.pid)
+            if events != last:
+                last, since = events, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return time.monotonic() - started - quiet
+            time.sleep(0.25)
+        raise RuntimeError(f"the worker did not go quiet within {timeout:.0f} s\n" + _tail(worker.log_path))
+
     def close(self) -> None:
         self.redis.close()
 
@@ -667,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
             # latency at a fixed label rate
             produce(bootstrap, settings.topic("predictions"), lat_preds, ends)
             checkpoints.wait(ends, worker, bench_timeout, "the latency run's predictions")
+            settle = checkpoints.wait_quiet(worker, 2.0, bench_timeout)
+            result["monitor_settle_s"] = round(settle, 1)
+            print(f"the monitors worked off the backlogs' observations {settle:.1f} s later", flush=True)
             print(f"latency run: {n_lat:,} labels at {args.rate:,.0f}/s ...", flush=True)
             stats: dict[str, Any] = {"polls": 0, "poll_seconds": 0.0}
             lat = asyncio.run(latency_run(settings, lat_labels, args.rate, args.poll_ms, worker, 60.0, stats))

@@ -52,8 +52,11 @@ class LearnerConfig:
     checkpoint_updates: int = 1000
     checkpoint_seconds: float = 300.0
     max_pending: int = 200_000
-    #: ids of the last learned outcomes kept to ignore republished ones: a crash republishes at
-    #: most one join batch (``batch_max`` records); settings make it three batches
+    #: event-time seconds a prediction waits for its first label before its shadow record goes
+    #: (the join has expired it by then: a later label is an orphan and never comes here)
+    pending_ttl: float = float("inf")
+    #: ids of the last learned outcomes kept to ignore republished ones: a new owner republishes
+    #: one join batch (its outbox); settings keep 50,000 ids (or three ``batch_max``)
     dedupe_ids: int = 6_000
 
 
@@ -127,6 +130,9 @@ class ModelLearner:
         self.pending[obs["id"]] = {"s": shadows, "p": str(obs["y"]), "t": obs["t"]}
         self.predictions += 1
         while len(self.pending) > self.config.max_pending:
+            self.pending.popitem(last=False)
+        horizon = obs["t"] - self.config.pending_ttl  # records are in arrival order, about event order
+        while self.pending and next(iter(self.pending.values()))["t"] < horizon:
             self.pending.popitem(last=False)
         # The second opinion for review routing: the best challenger that is not serving already.
         rivals = [n for n in offered if self.champion.name != n]
@@ -286,5 +292,7 @@ def learner_configs(settings: Any) -> dict[str, LearnerConfig]:
     return {model: LearnerConfig(tuple(challengers), settings.promotion_window, settings.promotion_alpha,
                                  settings.promotion_min_margin, settings.rollback_window,
                                  settings.rollback_margin, settings.registry_checkpoint_updates,
-                                 settings.registry_checkpoint_seconds, dedupe_ids=3 * settings.batch_max)
+                                 settings.registry_checkpoint_seconds, dedupe_ids=max(3 * settings.batch_max, 50_000),
+                                 # twice the TTL: each join partition has its own watermark
+                                 pending_ttl=2 * settings.prediction_ttl_seconds)
             for model, challengers in resolved.items()}

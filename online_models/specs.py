@@ -1,7 +1,8 @@
 """Online models built from a spec named in the settings.
 
 A :class:`ModelSpec` says which estimator (``kind``), its keyword arguments (``params``), its
-random seed and whether a :class:`~river.preprocessing.StandardScaler` goes in front.
+random seed and whether a :class:`~river.preprocessing.StandardScaler` goes in front (numeric
+features scaled, text features one-hot encoded).
 :data:`BUILTIN` holds one spec per kind; the setting ``online_model_specs`` adds more names, and
 ``online_models`` says which spec names learn online for each model. :func:`check_settings`
 resolves and validates them all once, at startup, so a typo fails there with a one-line
@@ -20,13 +21,14 @@ ModelSpec(kind='arf', params={'n_models': 20}, seed=42, scale=None)
 
 from __future__ import annotations
 
+import numbers
 import random
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
-from river import forest, linear_model, multiclass, naive_bayes, preprocessing, tree
+from river import compose, forest, linear_model, multiclass, naive_bayes, preprocessing, tree
 
 from feedback_loop.errors import ConfigurationError
 from online_models.base import OnlineModel
@@ -180,14 +182,22 @@ def build(spec: ModelSpec) -> OnlineModel:
     Examples
     --------
     >>> [type(step).__name__ for step in build(BUILTIN["softmax"]).steps.values()]
-    ['StandardScaler', 'SoftmaxRegression']
+    ['TransformerUnion', 'SoftmaxRegression']
+    >>> model = build(BUILTIN["logreg"])
+    >>> for i in range(20):
+    ...     model.learn_one({"tenure": float(i), "plan": "pro" if i % 2 else "free"}, i % 2 == 0)
+    >>> model.predict_one({"tenure": 3.0, "plan": "team"}) in (True, False)
+    True
     >>> model = build(ModelSpec(kind="hat", params={"grace_period": 20}, seed=7))
     >>> model.grace_period, model.seed
     (20, 7)
     """
     estimator = _ESTIMATORS[spec.kind](dict(spec.params), spec.seed)
     if spec.scaled:
-        return preprocessing.StandardScaler() | estimator
+        # numbers scaled, text one-hot encoded (a StandardScaler alone fails on text features)
+        numeric = compose.SelectType(numbers.Number) | preprocessing.StandardScaler()
+        text = compose.SelectType(str) | preprocessing.OneHotEncoder()
+        return (numeric + text) | estimator
     return estimator
 
 

@@ -66,6 +66,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
         producer_linger=0.005,
+        # Faust reads only monitor-input, whose records pack up to 500 observations (256 KB):
+        # the default 4,096 buffered records per partition could hold a gigabyte
+        stream_buffer_maxsize=64,
         web_enabled=False,
         autodiscover=False,
         loghandlers=[],

@@ -17,6 +17,7 @@ import faust
 from feedback_loop.settings import Settings
 from streams.agents import partitioned
 from streams.checkpoint import MonitorStore
+from streams.observations import PACK_MAX
 from streams.topics import StreamTopics
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,11 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, store: Mo
              activity: dict[str, Any]) -> partitioned.PartitionStates:
     """Add the monitor agent to ``app``; return its partition states."""
     states = partitioned.PartitionStates(store)
-    # Monitor checkpoints are large (references, windows): batch up to a second of observations.
+    # Monitor checkpoints are large (references, windows): batch up to a second of observations,
+    # about ten join batches (a record packs up to PACK_MAX observations).
     partitioned.register(app, "monitor", topics.monitor_input, {settings.topics.monitor_input},
-                         10 * settings.batch_max, settings.monitor_batch_within_seconds, topics, states,
-                         activity)
+                         max(1, 10 * settings.batch_max // PACK_MAX), settings.monitor_batch_within_seconds,
+                         topics, states, activity)
 
     @app.on_before_shutdown.connect
     async def _checkpoint_learners(sender: Any, **kwargs: Any) -> None:

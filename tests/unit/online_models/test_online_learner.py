@@ -123,3 +123,14 @@ def test_checkpoints_every_n_updates():
         learner.on_outcome(out(i, x, y, "yes"))
         versions += [v for _, v, _, _ in learner.due_checkpoints(0.0)]
     assert versions == ["logreg-u100", "logreg-u200"]
+
+
+def test_shadow_records_of_never_labeled_predictions_leave_after_the_pending_ttl():
+    config = LearnerConfig(challengers=(("lr", BUILTIN["logreg"]),), pending_ttl=100.0)
+    learner = ModelLearner("m", config)
+    for i in range(1000):  # one prediction per event-time second, none labeled
+        learner.on_prediction(pred(i, {"a": float(i), "plan": "pro"}, "UP", t=float(i)))
+    assert sorted(learner.pending) == [f"p{i}" for i in range(899, 1000)]  # t >= 999 - 100
+    # a label still in time is learned; text features do not break the scaled model
+    learner.on_outcome(out(950, {"a": 950.0, "plan": "pro"}, "UP", "UP"))
+    assert learner.updates["lr"] == 1 and "p950" not in learner.pending

@@ -27,12 +27,14 @@ def test_the_builtin_specs():
 def test_what_the_builtin_specs_build():
     logreg = build(BUILTIN["logreg"])
     assert isinstance(logreg, compose.Pipeline)
-    scaler, ovr = logreg.steps.values()
-    assert isinstance(scaler, preprocessing.StandardScaler)
+    features, ovr = logreg.steps.values()
+    numeric, text = features.transformers.values()
+    assert [type(s) for s in numeric.steps.values()] == [compose.SelectType, preprocessing.StandardScaler]
+    assert [type(s) for s in text.steps.values()] == [compose.SelectType, preprocessing.OneHotEncoder]
     assert isinstance(ovr, multiclass.OneVsRestClassifier)
     assert isinstance(ovr.classifier, linear_model.LogisticRegression)
     softmax = build(BUILTIN["softmax"])
-    assert [type(s) for s in softmax.steps.values()] == [preprocessing.StandardScaler,
+    assert [type(s) for s in softmax.steps.values()] == [compose.TransformerUnion,
                                                          linear_model.SoftmaxRegression]
     hat = build(BUILTIN["hat"])
     assert isinstance(hat, tree.HoeffdingAdaptiveTreeClassifier) and hat.seed == 42
