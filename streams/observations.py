@@ -120,42 +120,43 @@ def pack(emits: Iterable[Any], kind: str = "monitor-input") -> list[Any]:
     return out
 
 
-def pack_by_partition(emitted: list[tuple[int, Any]], kind: str = "monitor-input") -> list[tuple[int, Any]]:
-    """:func:`pack` for the messages of several join partitions, keeping each partition's apart.
+def pack_by_partition(emitted: list[tuple[int, Any]], kind: str = "monitor-input") -> list[tuple[frozenset[int], Any]]:
+    """:func:`pack` for the messages of several join partitions, each with the partitions it holds.
 
-    ``emitted`` are ``(partition, Emit)`` in the order they were produced. Observations are
-    packed per (partition, key) in chunks of at most :data:`PACK_MAX`; a chunk goes out where
-    it fills up, and the last ones in the order of their first observation, so the monitors see
-    the partitions' observations interleaved about as they were produced.
+    ``emitted`` are ``(partition, Emit)`` in the order they were produced; the result is what
+    :func:`pack` makes of the emits, each with the set of partitions whose messages it carries (a
+    packed observation message carries the observations of every partition of the batch, in the
+    order they were produced, so the monitors see them interleaved as they happened).
 
     Examples
     --------
     >>> from streams.partition import Emit
     >>> out = pack_by_partition([(0, Emit("monitor-input", b"m", b"1")), (1, Emit("outcomes", b"p", b"o")),
     ...                          (1, Emit("monitor-input", b"m", b"2")), (0, Emit("monitor-input", b"m", b"3"))])
-    >>> [(p, e.kind, e.value) for p, e in out]
-    [(1, 'outcomes', b'o'), (0, 'monitor-input', b'[1,3]'), (1, 'monitor-input', b'[2]')]
+    >>> [(sorted(ps), e.kind, e.value) for ps, e in out]
+    [([1], 'outcomes', b'o'), ([0, 1], 'monitor-input', b'[1,2,3]')]
     """
-    out: list[tuple[int, Any]] = []
-    chunks: dict[tuple[int, Any], tuple[Any, list[bytes], list[int]]] = {}
+    out: list[tuple[frozenset[int], Any]] = []
+    groups: dict[Any, list[tuple[int, bytes]]] = {}
+    template = None
     for partition, emit in emitted:
-        if emit.kind != kind:
-            out.append((partition, emit))
-            continue
-        ident = (partition, emit.key)
-        chunk = chunks.get(ident)
-        if chunk is None:
-            chunk = chunks[ident] = (emit, [], [0])
-        template, values, size = chunk
-        if values and (len(values) >= PACK_MAX or size[0] + len(emit.value) > PACK_MAX_BYTES):
-            out.append((partition, template._replace(value=b"[" + b",".join(values) + b"]")))
-            values.clear()
-            size[0] = 0
-        values.append(emit.value)
-        size[0] += len(emit.value) + 1
-    for (partition, _), (template, values, _) in chunks.items():
-        if values:
-            out.append((partition, template._replace(value=b"[" + b",".join(values) + b"]")))
+        if emit.kind == kind:
+            groups.setdefault(emit.key, []).append((partition, emit.value))
+            template = emit
+        else:
+            out.append((frozenset((partition,)), emit))
+    for key, items in groups.items():
+        chunk: list[bytes] = []
+        parts: set[int] = set()
+        size = 0
+        for partition, value in items:
+            if chunk and (len(chunk) >= PACK_MAX or size + len(value) > PACK_MAX_BYTES):
+                out.append((frozenset(parts), template._replace(key=key, value=b"[" + b",".join(chunk) + b"]")))
+                chunk, parts, size = [], set(), 0
+            chunk.append(value)
+            parts.add(partition)
+            size += len(value) + 1
+        out.append((frozenset(parts), template._replace(key=key, value=b"[" + b",".join(chunk) + b"]")))
     return out
 
 

@@ -112,6 +112,13 @@ class JoinService(Service):
                 await asyncio.wait_for(self._loop_done.wait(), bound)
             except asyncio.TimeoutError:
                 log.warning("the join's last batch did not finish within %.1f s; the next owner replays it", bound)
+        if self._loop_done is not None and self._loop_done.is_set():
+            # every batch is published: the next owners have nothing to send again
+            try:
+                await asyncio.wait_for(asyncio.gather(*(self.states.store.clear_outbox(p)
+                                                        for p in self.states.owned())), bound)
+            except asyncio.TimeoutError:
+                log.info("outboxes left for the next owners (Redis slow); they send them again")
         if self.consumer is not None:
             try:
                 await asyncio.wait_for(self._commit(), bound)
@@ -198,17 +205,22 @@ class JoinService(Service):
             for state in states.values():
                 state.expire(now)
             # Saved with the state, published after: a replay by another owner publishes these
-            # same bytes again, never a different version of an outcome revision.
+            # same bytes again, never a different version of an outcome revision. A packed
+            # observation message carries several partitions' observations: it is in the outbox
+            # of each of them.
             ordered = pack_by_partition(emitted)
             outboxes: dict[int, list[Emit]] = defaultdict(list)
-            for partition, message in ordered:
-                outboxes[partition].append(message)
+            for partitions, message in ordered:
+                for partition in partitions:
+                    outboxes[partition].append(message)
             lost = await self.states.store.save_many(list(states.values()), outboxes) if states else set()
             for partition in lost:
                 log.warning("join partition %d is owned by another worker now: dropping its state; "
                             "the new owner replays the batch", partition)
                 self.states.drop(partition)
-            await self._publish([m for partition, m in ordered if partition not in lost])
+            # a message with any saved partition in it goes out (a lost partition's share of it is
+            # sent again by its new owner; that happens only when ownership changes mid-batch)
+            await self._publish([m for partitions, m in ordered if not partitions <= lost])
         for partition, parts in live.items():
             for tp, messages in parts:
                 if partition not in lost:
