@@ -222,6 +222,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     try:
         if kafka is None or redis_url is None:
             kind = _fallback_kind()
+            if kind == "testcontainers" and not _docker_answers():
+                pytest.skip(f"{KIND_ENV}=testcontainers but no Docker engine answers (DOCKER_HOST or "
+                            "/var/run/docker.sock): start Docker, or unset it to use the embedded servers")
             if kind == "testcontainers":
                 if kafka is None:
                     kafka, stop = _start_kafka_container()
