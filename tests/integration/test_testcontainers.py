@@ -27,6 +27,7 @@ def _docker_answers() -> bool:
     spec = importlib.util.spec_from_file_location("_session_conftest", ROOT / "tests" / "conftest.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("_session_conftest", module)  # dataclasses look their module up
     spec.loader.exec_module(module)
     return bool(module._docker_answers())
 
