@@ -61,15 +61,8 @@ from typing import Any
 
 import e2e_reference as reference
 import redis
-from e2e_stream import Msg, generate, sentinels
-from e2e_worker import (
-    TopicReader,
-    WorkerProcess,
-    produced_ends,
-    wait_consumed,
-    wait_for,
-    wait_quiet,
-)
+from e2e_stream import Msg, generate
+from e2e_worker import WorkerProcess
 from test_join_end_to_end import (
     JOIN_SETTINGS,
     SENTINEL,
@@ -77,10 +70,10 @@ from test_join_end_to_end import (
     check_dead_letters,
     check_outcomes,
     check_snapshots,
+    drain_and_read,
     final_outcomes,
     observed_metrics,
     produce,
-    totals,
 )
 
 from feedback_loop.settings import Settings
@@ -503,40 +496,16 @@ def drain_and_check(settings: Settings, live: list[WorkerProcess], web: Any, mes
     outcomes (revisions 1..k, final ones, byte-identical republications, the metrics they imply)
     and the dead letters are right.
     """
-    t = time.monotonic()
-    ends = produced_ends(metas)
-    wait_consumed(settings, live, ends, timeout=consume_timeout)
-    res.timings["consume"] = time.monotonic() - t
-    t = time.monotonic()
-    produced_ends(produce(settings, sentinels(settings.partitions, SENTINEL)), into=ends)
-    wait_consumed(settings, live, ends, timeout=120)
-    readers = [TopicReader(settings, "outcomes"), TopicReader(settings, "dead-letters")]
-    try:
-        wait_quiet(readers, quiet_seconds=3.0, timeout=120)
-        outcome_records, letters = readers[0].records, readers[1].records
-    finally:
-        for r in readers:
-            r.close()
-    expected_totals = {"count": len(ref.outcomes), "predictions": len(ref.predictions),
-                       "expired_unlabeled": len(ref.unlabeled), "orphan_labels": len(ref.orphans)}
-    seen: dict[str, Any] = {}
-
-    def api_settled() -> list[dict[str, Any]] | None:
-        snaps = web.get_json("/api/models")
-        seen["totals"] = totals(snaps)
-        return snaps if seen["totals"] == expected_totals else None
-
-    try:
-        api = wait_for("/api/models to show the expected totals", api_settled, timeout=60, interval=0.5)
-    except AssertionError:
-        api = web.get_json("/api/models")  # compared in detail below, to say what is wrong
-    res.timings["drain_and_read"] = time.monotonic() - t
+    outcome_records, letters, api, seen_totals, expected_totals = drain_and_read(
+        settings, live, web, metas, ref, res.timings, consume_timeout=consume_timeout, drain_timeout=120,
+        quiet_seconds=3.0, api_timeout=60)
+    res.timings["drain_and_read"] = res.timings.pop("sentinels_and_read")
 
     t = time.monotonic()
     outcome_problems, metric_problems = Problems(), Problems()
-    if seen.get("totals") != expected_totals:
+    if seen_totals != expected_totals:
         metric_problems.add("/api/models totals (whole versions, cumulative)",
-                            f"got {seen.get('totals')}, expected {expected_totals}")
+                            f"got {seen_totals}, expected {expected_totals}")
     finals = final_outcomes(outcome_records, outcome_problems, allow_redelivery=True)
     check_outcomes(ref, finals, outcome_problems)
     res.outcomes_distinct, res.duplicates, res.duplicates_not_identical = check_duplicates(

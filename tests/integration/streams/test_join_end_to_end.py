@@ -327,20 +327,24 @@ def check_metrics_topic(settings: Settings, api: list[dict[str, Any]], problems:
         reader.close()
 
 
-def finish_and_check(settings: Settings, workers: list[WorkerProcess], web: WebServer, messages: list[Msg],
-                     metas: list[Any], ref: reference.Reference, *, allow_redelivery: bool,
-                     timings: dict[str, float]) -> None:
-    """Sentinels, waits, then every check; fails once with every problem found."""
+def drain_and_read(settings: Settings, workers: list[WorkerProcess], web: WebServer, metas: list[Any],
+                   ref: reference.Reference, timings: dict[str, float], *, consume_timeout: float,
+                   drain_timeout: float, quiet_seconds: float, api_timeout: float
+                   ) -> tuple[list[Any], list[Any], list[dict[str, Any]], Any, dict[str, int]]:
+    """Wait until ``workers`` committed every message of ``metas``, send the sentinels, read the
+    outcomes and dead letters until quiet and ``GET /api/models`` until its totals are the
+    reference's (or the time is up); return (outcomes, dead letters, snapshots, the totals last
+    seen, the totals expected). ``timings`` gets ``consume`` and ``sentinels_and_read``."""
     t = time.monotonic()
     ends = produced_ends(metas)
-    wait_consumed(settings, workers, ends, timeout=150)
+    wait_consumed(settings, workers, ends, timeout=consume_timeout)
     timings["consume"] = time.monotonic() - t
     t = time.monotonic()
     produced_ends(produce(settings, sentinels(settings.partitions, SENTINEL)), into=ends)
-    wait_consumed(settings, workers, ends, timeout=60)
+    wait_consumed(settings, workers, ends, timeout=drain_timeout)
     readers = [TopicReader(settings, "outcomes"), TopicReader(settings, "dead-letters")]
     try:
-        wait_quiet(readers, quiet_seconds=2.0, timeout=60)
+        wait_quiet(readers, quiet_seconds=quiet_seconds, timeout=drain_timeout)
         outcome_records, letters = readers[0].records, readers[1].records
     finally:
         for r in readers:
@@ -355,15 +359,27 @@ def finish_and_check(settings: Settings, workers: list[WorkerProcess], web: WebS
         return snaps if seen["totals"] == expected_totals else None
 
     try:
-        api = wait_for("/api/models to show the expected totals", api_settled, timeout=30, interval=0.5)
+        api = wait_for("/api/models to show the expected totals", api_settled, timeout=api_timeout, interval=0.5)
     except AssertionError:
-        api = web.get_json("/api/models")  # compared in detail below, to say what is wrong
+        api = web.get_json("/api/models")  # compared in detail by the caller, to say what is wrong
+    timings["sentinels_and_read"] = time.monotonic() - t
+    return outcome_records, letters, api, seen.get("totals"), expected_totals
+
+
+def finish_and_check(settings: Settings, workers: list[WorkerProcess], web: WebServer, messages: list[Msg],
+                     metas: list[Any], ref: reference.Reference, *, allow_redelivery: bool,
+                     timings: dict[str, float]) -> None:
+    """Sentinels, waits, then every check; fails once with every problem found."""
+    t = time.monotonic()
+    outcome_records, letters, api, seen_totals, expected_totals = drain_and_read(
+        settings, workers, web, metas, ref, timings, consume_timeout=150, drain_timeout=60, quiet_seconds=2.0,
+        api_timeout=30)
     timings["sentinels_and_read"] = time.monotonic() - t
 
     t = time.monotonic()
     problems = Problems()
-    if seen.get("totals") != expected_totals:
-        problems.add("/api/models totals (whole versions, cumulative)", f"got {seen.get('totals')}, expected {expected_totals}")
+    if seen_totals != expected_totals:
+        problems.add("/api/models totals (whole versions, cumulative)", f"got {seen_totals}, expected {expected_totals}")
     finals = final_outcomes(outcome_records, problems, allow_redelivery=allow_redelivery)
     redelivered = len(outcome_records) - len({(r.key, json.loads(r.value)["revision"]) for r in outcome_records})
     check_outcomes(ref, finals, problems)

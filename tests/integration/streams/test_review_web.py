@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-import redis
 
 from consumers.review_queue import ReviewQueue
 from e2e_worker import TopicReader, create_topics

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import random
 
-import orjson
 import pytest
 
 from feedback_loop.events import ReviewRequest
