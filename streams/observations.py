@@ -98,26 +98,7 @@ def pack(emits: Iterable[Any], kind: str = "monitor-input") -> list[Any]:
     [('outcomes', b'x', b'{}'), ('monitor-input', b'a', b'[{"n":1},{"n":3}]'),
      ('monitor-input', b'b', b'[{"n":2}]')]
     """
-    out: list[Any] = []
-    groups: dict[bytes | None, list[bytes]] = {}
-    template = None
-    for emit in emits:
-        if emit.kind == kind:
-            groups.setdefault(emit.key, []).append(emit.value)
-            template = emit
-        else:
-            out.append(emit)
-    for key, values in groups.items():
-        chunk: list[bytes] = []
-        size = 0
-        for value in values:
-            if chunk and (len(chunk) >= PACK_MAX or size + len(value) > PACK_MAX_BYTES):
-                out.append(template._replace(key=key, value=b"[" + b",".join(chunk) + b"]"))
-                chunk, size = [], 0
-            chunk.append(value)
-            size += len(value) + 1
-        out.append(template._replace(key=key, value=b"[" + b",".join(chunk) + b"]"))
-    return out
+    return [emit for _, emit in pack_by_partition([(0, emit) for emit in emits], kind)]
 
 
 def pack_by_partition(emitted: list[tuple[int, Any]], kind: str = "monitor-input") -> list[tuple[frozenset[int], Any]]:

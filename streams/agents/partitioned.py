@@ -18,7 +18,6 @@ from typing import Any, Awaitable, Callable, Protocol
 import faust
 
 from feedback_loop.errors import OwnershipLostError
-from streams.observations import pack
 from streams.partition import Emit, Record
 from streams.topics import StreamTopics
 
@@ -75,14 +74,12 @@ async def publish_and_save(send: Send, topics: StreamTopics, states: PartitionSt
                            emits: list[Emit]) -> bool:
     """Publish ``emits`` (waiting for the acks), then checkpoint; False if the partition was lost.
 
-    Messages go straight to the producer (raw bytes, no Faust channel machinery per message);
-    monitor observations go packed, one message per model and batch (:func:`streams.observations.pack`).
+    Messages go straight to the producer (raw bytes, no Faust channel machinery per message).
     """
     prepare = getattr(states.store, "before_publish", None)
     if prepare is not None:
         await prepare(state)
     if emits:
-        emits = pack(emits)
         name = topics.name_of
         pending = [await send(name(m.kind), m.key, m.value) for m in emits]
         await asyncio.gather(*pending)

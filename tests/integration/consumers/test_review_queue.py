@@ -7,7 +7,6 @@ is each request's ``requested_at``.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -20,11 +19,10 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+import support.own_redis as support_own_redis
 from consumers.review_queue import ReviewQueue
 from feedback_loop.errors import InvalidEventError, ReviewConflictError
 from feedback_loop.events import ReviewRequest
-from feedback_loop.runtime.embedded import redis_server_bin
-from feedback_loop.runtime.processes import free_port, spawn, stop
 from feedback_loop.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -315,35 +313,11 @@ def test_stats_numbers(make_queue) -> None:
 
 
 # ----------------------------------------------------------------------------- Redis restart
-class OwnRedis:
-    """A ``redis-server`` with an fsync-always AOF in ``data_dir``, restartable on the same port."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir, self.port = data_dir, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: Any = None
-
-    def start(self) -> None:
-        self.proc = spawn([str(redis_server_bin()), "--port", str(self.port), "--bind", "127.0.0.1",
-                           "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always",
-                           "--save", "", "--daemonize", "no", "--logfile", "", "--unixsocket", ""],
-                          log_path=self.data_dir / "redis.log")
-        client = redis_lib.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        try:
-            for _ in range(200):
-                try:
-                    if client.ping():
-                        return
-                except (redis_lib.ConnectionError, redis_lib.BusyLoadingError):
-                    time.sleep(0.05)
-            raise AssertionError(f"redis-server did not start: {(self.data_dir / 'redis.log').read_text()}")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            assert stop(self.proc, timeout=10) == 0  # SIGTERM: a clean shutdown
-            self.proc = None
+class OwnRedis(support_own_redis.OwnRedis):
+    def stop(self) -> int | None:
+        code = super().stop()
+        assert code in (0, None)  # SIGTERM: a clean shutdown
+        return code
 
 
 @pytest.fixture
