@@ -3,8 +3,10 @@
 A replay compresses two years into minutes, so a label "one day late" would otherwise arrive
 milliseconds after its prediction, before any reviewer could look. :class:`Lockstep` publishes one
 chunk of rows (a day: the label delay), each prediction followed by the label of the row one
-chunk earlier, then waits until the loop has caught up: the join and the monitors have applied
-everything published (their checkpointed offsets in Redis reach the topics' ends), the review-queue
+chunk earlier, then waits until the loop has caught up: the join has published what it made of
+everything sent (its consumer group's committed offsets reach the topics' ends: the join commits
+only after the acks, and at once when it is idle), the monitors have applied all of it (their
+checkpointed offsets in Redis reach the topic's ends; they publish before they checkpoint), the review-queue
 consumer has taken every request, and the reviewers have emptied the queue. Only then does the
 next day, and with it the labels of this one, go out: reviewed items get their label at once,
 the others one day late.
@@ -17,7 +19,7 @@ from typing import Any, Callable
 
 import orjson
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from feedback_loop.errors import FeedbackLoopError
 from feedback_loop.kafka_security import kafka_python_kwargs, redis_kwargs
@@ -34,6 +36,7 @@ class Lockstep:
                                       **kafka_python_kwargs(settings))
         self.reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                     **kafka_python_kwargs(settings))
+        self.admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_kwargs(settings))
         self.redis = redis.Redis.from_url(settings.redis_url or "", **redis_kwargs(settings))
         self.tps = {kind: [TopicPartition(settings.topic(kind), p) for p in range(settings.partitions)]
                     for kind in ("predictions", "labels", "monitor-input", "review-queue")}
@@ -53,6 +56,13 @@ class Lockstep:
         for p in range(partitions):
             pipe.hget(self.settings.key(meta_kind, p), "offsets")
         return [orjson.loads(raw) if raw else {} for raw in pipe.execute()]
+
+    def _join_published(self) -> bool:
+        tps = self.tps["predictions"] + self.tps["labels"]
+        ends = self.reader.end_offsets(tps)
+        group = self.settings.join_group_id
+        committed = self.admin.list_group_offsets({group: tps}).get(group, {})
+        return all(not end or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items())
 
     def _caught_up(self, kinds: tuple[str, ...], meta_kind: str) -> bool:
         applied = self._applied(meta_kind, self.settings.partitions)
@@ -76,7 +86,7 @@ class Lockstep:
         started = time.monotonic()
         self.producer.flush()
         self.flush_seconds += time.monotonic() - started
-        steps = [lambda: self._caught_up(("predictions", "labels"), "meta"),
+        steps = [self._join_published,
                  lambda: self._caught_up(("monitor-input",), "monmeta"),
                  self._queue_done]
         for n, step in enumerate(steps):
@@ -93,6 +103,7 @@ class Lockstep:
     def close(self) -> None:
         self.producer.close(timeout=10)
         self.reader.close()
+        self.admin.close()
         self.redis.close()
 
 

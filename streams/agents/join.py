@@ -13,8 +13,9 @@ input topics with its own ``aiokafka`` consumer in the group ``<app_id>-join``, 
 :mod:`streams.agents.partitioned`, done once for all the partitions fetched: apply each
 partition's records (a pure function), checkpoint all the partitions in one Redis transaction
 together with the messages they produced (each partition's outbox), publish those messages and
-wait for the acks, and only then commit the offsets (every ``COMMIT_INTERVAL`` seconds, on
-revocation and at stop). Whoever claims a partition next publishes its outbox again first, so a
+wait for the acks, and only then commit the offsets (every ``COMMIT_INTERVAL`` seconds, as soon
+as a fetch comes back empty, on revocation and at stop): a committed offset means its records'
+messages are out. Whoever claims a partition next publishes its outbox again first, so a
 crash between the save and the acks yields byte-identical duplicates, never a second version of
 an outcome revision.
 """
@@ -171,7 +172,8 @@ class JoinService(Service):
                 count = sum(len(m) for m in batches.values())
                 self.activity["join_events"] = self.activity.get("join_events", 0) + count
                 self.activity["last_event_at"] = asyncio.get_running_loop().time()
-            if time.monotonic() - self._committed_at >= COMMIT_INTERVAL:
+            # caught up (an empty fetch) or a second since the last commit: commit what is published
+            if not batches or time.monotonic() - self._committed_at >= COMMIT_INTERVAL:
                 await self._commit()
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
