@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Literal, Union
 
 import orjson
@@ -79,6 +80,18 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def iso(moment: datetime) -> str:
+    """``moment.isoformat()`` of an aware datetime, at a third of the cost (orjson writes the same
+    RFC 3339 text for every offset an event's timestamp can carry).
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> at = datetime(2026, 11, 22, 10, 0, 0, 3000, tzinfo=timezone(timedelta(hours=-3, minutes=-30)))
+    >>> iso(at), iso(at) == at.isoformat()
+    ('2026-11-22T10:00:00.003000-03:30', True)
+    """
+    return orjson.dumps(moment)[1:-1].decode()
+
+
 def _features_digest(features: dict[str, Any]) -> str:
     return hashlib.blake2b(orjson.dumps(features, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
 
@@ -103,7 +116,7 @@ def is_regression(prediction: Target) -> bool:
     return isinstance(prediction, float)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prediction:
     """What the join keeps of a prediction. The features digest tells a re-sent prediction from a
     different one under the same id; the features themselves travel on with the outcome (the
@@ -124,7 +137,7 @@ class Prediction:
     def from_event(cls, event: PredictionEvent) -> Prediction:
         return cls(
             event.model, event.model_version, event.prediction, event.timestamp.timestamp(),
-            event.timestamp.isoformat(), dict(event.tags),
+            iso(event.timestamp), dict(event.tags),
             None if event.scores is None else dict(event.scores), _features_digest(event.features),
             confidence_of(event), event.features,
         )
@@ -137,7 +150,7 @@ class Prediction:
             other.predicted_at, other.tags, other.scores, other.features_digest)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Truth:
     """A ground-truth label or a reviewer's verdict, as last received."""
 
@@ -149,7 +162,7 @@ class Truth:
     reviewer: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
     """The current truth of a prediction, as published in its latest outcome."""
 
@@ -215,7 +228,7 @@ def _truth_list(t: Truth) -> list[Any]:
 ChangeKind = Literal["pending", "revised", "unchanged", "duplicate", "conflict", "invalid"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Change:
     """What one event did to an entry.
 
@@ -319,7 +332,7 @@ def apply_label(entry: Entry | None, event: LabelEvent) -> tuple[Entry | None, C
     if entry is not None and entry.label is not None and same_label(entry.label.label, event.label):
         return entry, Change("unchanged")
     new = _copy(entry, event.prediction_id, at)
-    new.label = Truth("label", event.label, at, event.timestamp.isoformat())
+    new.label = Truth("label", event.label, at, iso(event.timestamp))
     return _settle(new, entry)
 
 
@@ -330,7 +343,7 @@ def apply_review(entry: Entry | None, event: ReviewFlag) -> tuple[Entry | None, 
     if held is not None and held.verdict == event.verdict and same_label(held.label, event.corrected_label):
         return entry, Change("unchanged")
     new = _copy(entry, event.prediction_id, at)
-    new.review = Truth("review", event.corrected_label, at, event.timestamp.isoformat(),
+    new.review = Truth("review", event.corrected_label, at, iso(event.timestamp),
                        event.verdict, event.reviewer)
     return _settle(new, entry)
 

@@ -141,6 +141,24 @@ def pack_by_partition(emitted: list[tuple[int, Any]], kind: str = "monitor-input
     return out
 
 
+def pack_each_partition(emitted: list[tuple[int, Any]], kind: str = "monitor-input") -> dict[int, list[Any]]:
+    """Per partition, :func:`pack` of its own messages: each message of ``emitted`` lands in
+    exactly one list (what the join keeps in each partition's outbox).
+
+    Examples
+    --------
+    >>> from streams.partition import Emit
+    >>> out = pack_each_partition([(0, Emit("monitor-input", b"m", b"1")), (1, Emit("outcomes", b"p", b"o")),
+    ...                            (1, Emit("monitor-input", b"m", b"2")), (0, Emit("monitor-input", b"m", b"3"))])
+    >>> {p: [(e.kind, e.value) for e in messages] for p, messages in sorted(out.items())}
+    {0: [('monitor-input', b'[1,3]')], 1: [('outcomes', b'o'), ('monitor-input', b'[2]')]}
+    """
+    mine: dict[int, list[Any]] = {}
+    for partition, emit in emitted:
+        mine.setdefault(partition, []).append(emit)
+    return {partition: pack(messages, kind) for partition, messages in mine.items()}
+
+
 def unpack(raw: bytes | None) -> list[Any]:
     """The observations of one ``monitor-input`` value: a packed array or a single object.
 

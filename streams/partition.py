@@ -185,7 +185,10 @@ class PartitionState:
             return []
         assert entry is not None
         if kind in WATERMARK_INPUTS:
-            self.input_high[kind] = max(self.input_high.get(kind, float("-inf")), event.timestamp.timestamp())
+            at = (entry.prediction.predicted_at if kind == "predictions" and entry.prediction is not None
+                  else entry.label.at if change.kind != "unchanged" and entry.label is not None
+                  else event.timestamp.timestamp())
+            self.input_high[kind] = max(self.input_high.get(kind, float("-inf")), at)
             self.input_seen[kind] = now
         self.entries[pid] = entry
         self._touch(pid, entry)

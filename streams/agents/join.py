@@ -16,8 +16,8 @@ together with the messages they produced (each partition's outbox), publish thos
 wait for the acks, and only then commit the offsets (every ``COMMIT_INTERVAL`` seconds, as soon
 as a fetch comes back empty, on revocation and at stop): a committed offset means its records'
 messages are out. Whoever claims a partition next publishes its outbox again first, so a
-crash between the save and the acks yields byte-identical duplicates, never a second version of
-an outcome revision.
+crash between the save and the acks yields byte-identical duplicate outcomes, never a second
+version of an outcome revision (and observations the monitors see again, byte for byte).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from feedback_loop.kafka_security import aiokafka_kwargs
 from feedback_loop.settings import Settings
 from streams.agents import partitioned
 from streams.checkpoint import CheckpointStore
-from streams.observations import pack_by_partition
+from streams.observations import pack_by_partition, pack_each_partition
 from streams.partition import Emit, Record
 from streams.topics import StreamTopics
 
@@ -207,14 +207,13 @@ class JoinService(Service):
             for state in states.values():
                 state.expire(now)
             # Saved with the state, published after: a replay by another owner publishes these
-            # same bytes again, never a different version of an outcome revision. A packed
-            # observation message carries several partitions' observations: it is in the outbox
-            # of each of them.
+            # same outcome bytes again, never a different version of an outcome revision. The
+            # published observation messages interleave the partitions' observations as they
+            # happened; each partition's outbox holds its own observations, packed apart, so
+            # every observation is stored once (a republished one reaches the monitors again
+            # in another message, as the same observation bytes).
             ordered = pack_by_partition(emitted)
-            outboxes: dict[int, list[Emit]] = defaultdict(list)
-            for partitions, message in ordered:
-                for partition in partitions:
-                    outboxes[partition].append(message)
+            outboxes = pack_each_partition(emitted)
             lost = await self.states.store.save_many(list(states.values()), outboxes) if states else set()
             for partition in lost:
                 log.warning("join partition %d is owned by another worker now: dropping its state; "

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag
-from streams.join import Entry, apply_label, apply_prediction, apply_review, class_key, outcome
+from streams.join import Entry, iso, apply_label, apply_prediction, apply_review, class_key, outcome
 
 
 def pred(value="yes", pid="p-1", model="m", version="1", ts="2026-11-22T10:00:00Z", **kw):
@@ -136,3 +140,18 @@ def test_duplicate_and_conflicting_predictions():
 def test_entry_round_trips_through_its_list_form(events):
     entry, _ = run(*events)
     assert Entry.from_list(entry.to_list()) == entry
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30)),
+       st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59))
+def test_iso_writes_what_isoformat_writes(moment, offset_minutes):
+    aware = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    assert iso(aware) == aware.isoformat()
+
+
+@pytest.mark.parametrize("spelling", ["2026-11-22T10:00:00Z", "2026-11-22T10:00:00.000001+14:00",
+                                      "2026-11-22T10:00:00.5-03:30", 1795428000.25])
+def test_iso_of_a_validated_timestamp_is_its_isoformat(spelling):
+    moment = label("no", ts=spelling).timestamp
+    assert iso(moment) == moment.isoformat()
