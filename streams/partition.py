@@ -185,9 +185,8 @@ class PartitionState:
             return []
         assert entry is not None
         if kind in WATERMARK_INPUTS:
-            at = (entry.prediction.predicted_at if kind == "predictions" and entry.prediction is not None
-                  else entry.label.at if change.kind != "unchanged" and entry.label is not None
-                  else event.timestamp.timestamp())
+            # a new prediction's time is already read (labels are rarer: read theirs again)
+            at = entry.prediction.predicted_at if kind == "predictions" else event.timestamp.timestamp()
             self.input_high[kind] = max(self.input_high.get(kind, float("-inf")), at)
             self.input_seen[kind] = now
         self.entries[pid] = entry
