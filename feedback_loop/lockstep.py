@@ -7,7 +7,10 @@ chunk earlier, then waits until the loop has caught up: the join has published w
 everything sent (its consumer group's committed offsets reach the topics' ends: the join commits
 only after the acks, and at once when it is idle), the monitors have applied all of it (their
 checkpointed offsets in Redis reach the topic's ends; they publish before they checkpoint), the review-queue
-consumer has taken every request, and the reviewers have emptied the queue. Only then does the
+consumer has taken every request, and the reviewers have emptied the queue. The ends are exact
+ones (:class:`~feedback_loop.end_offsets.EndOffsets`): the embedded broker's ListOffsets answer
+falls short by the rest of the last batch, which let a day's last requests arrive after the
+next day's labels. Only then does the
 next day, and with it the labels of this one, go out: reviewed items get their label at once,
 the others one day late.
 """
@@ -19,8 +22,9 @@ from typing import Any, Callable
 
 import orjson
 import redis
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
+from feedback_loop.end_offsets import EndOffsets
 from feedback_loop.errors import FeedbackLoopError
 from feedback_loop.kafka_security import kafka_python_kwargs, redis_kwargs
 from feedback_loop.settings import Settings
@@ -34,8 +38,7 @@ class Lockstep:
         self.timeout = timeout
         self.producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2,
                                       **kafka_python_kwargs(settings))
-        self.reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                    **kafka_python_kwargs(settings))
+        self.ends = EndOffsets(settings.kafka_bootstrap, kafka_python_kwargs(settings))
         self.admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_kwargs(settings))
         self.redis = redis.Redis.from_url(settings.redis_url or "", **redis_kwargs(settings))
         self.tps = {kind: [TopicPartition(settings.topic(kind), p) for p in range(settings.partitions)]
@@ -48,7 +51,7 @@ class Lockstep:
         self.producer.send(self.settings.topic(kind), key=key, value=value)
 
     def _ends(self, kind: str) -> dict[int, int]:
-        return {tp.partition: end for tp, end in self.reader.end_offsets(self.tps[kind]).items()}
+        return {tp.partition: end for tp, end in self.ends.read(self.tps[kind]).items()}
 
     def _applied(self, meta_kind: str, partitions: int) -> list[dict[str, int]]:
         """The last applied offset per topic of each partition's checkpoint."""
@@ -59,7 +62,7 @@ class Lockstep:
 
     def _join_published(self) -> bool:
         tps = self.tps["predictions"] + self.tps["labels"]
-        ends = self.reader.end_offsets(tps)
+        ends = self.ends.read(tps)
         group = self.settings.join_group_id
         committed = self.admin.list_group_offsets({group: tps}).get(group, {})
         return all(not end or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items())
@@ -102,7 +105,7 @@ class Lockstep:
 
     def close(self) -> None:
         self.producer.close(timeout=10)
-        self.reader.close()
+        self.ends.close()
         self.admin.close()
         self.redis.close()
 
