@@ -27,8 +27,8 @@ Then, with the worker running normally, ``--rate`` x ``--seconds`` more predicti
 model are published and applied, the worker is left to go quiet (its join and monitor counters
 still for 2 s: the monitors have worked off the backlogs' observations, reported as
 ``monitor_settle_s``), and their labels are sent at ``--rate`` labels/s for
-``--seconds`` s while ``GET /api/models`` (served by :func:`feedback_loop.web.start_web` in this
-process, in a background thread) is polled; label k's latency is the first time the model's
+``--seconds`` s while ``GET /api/models`` (served by a ``feedback-loop web`` child process, as in
+production) is polled; label k's latency is the first time the model's
 cumulative ``count`` is seen at ``>= k + 1`` minus the time label k was handed to the producer.
 As a diagnostic that separates the worker's lag from the cost of the HTTP read, the same run also
 polls the join checkpoints in Redis and reports when each label's offset was applied
@@ -80,6 +80,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -446,34 +447,47 @@ def timed_backlog(servers_bootstrap: str, settings: Settings, worker: Worker, ch
     return len(messages) / (t1 - t0), published
 
 
+class WebProcess:
+    """``python -m feedback_loop web`` as a child process, as production runs it beside the workers."""
+
+    def __init__(self, settings: Settings, log_path: Path, timeout: float = 30.0) -> None:
+        self.settings = settings
+        self.port = processes.free_port()
+        self.log_path = log_path
+        self.proc = processes.spawn([sys.executable, "-m", "feedback_loop", "web", "--web-port", str(self.port)],
+                                    env={**os.environ, **settings.to_env()}, log_path=log_path, cwd=str(ROOT))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the web process did not answer within {timeout:.0f} s\n" + _tail(log_path))
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        processes.stop(self.proc, self.settings.shutdown_timeout_seconds)
+
+
 async def latency_run(settings: Settings, labels: list[tuple[bytes, bytes]], rate: float, poll_ms: float,
-                      worker: Worker, timeout: float, stats: dict[str, Any]) -> list[float]:
+                      worker: Worker, timeout: float, stats: dict[str, Any], web_log: Path) -> list[float]:
     """Send ``labels`` at ``rate``/s; return each label's seconds from send to metric readable.
 
     Also fills ``stats``: ``outcomes_counted`` (cumulative count of the throughput run's models
     before the run, a check that every labeled prediction was counted once), ``polls`` and
     ``poll_seconds`` (the HTTP requests made and their total time).
-    The web app runs on its own event loop in a background thread (as the integration tests'
-    ``WebServer``); the sender and the poller share this one.
+    The HTTP API is a ``feedback-loop web`` child process, as in production; the sender and the
+    pollers share this process's event loop.
     """
-    from feedback_loop.web import start_web
-
-    web_loop = asyncio.new_event_loop()
-    web_thread = threading.Thread(target=web_loop.run_forever, name="bench-web", daemon=True)
-    web_thread.start()
-    runner = None
+    web = await asyncio.to_thread(WebProcess, settings, web_log)
     try:
-        runner, port = asyncio.run_coroutine_threadsafe(start_web(settings, "127.0.0.1", 0), web_loop).result(30)
-        return await _latency_run(settings, labels, rate, poll_ms, worker, timeout, stats, port)
+        return await _latency_run(settings, labels, rate, poll_ms, worker, timeout, stats, web.port)
     finally:
-        try:
-            if runner is not None:
-                asyncio.run_coroutine_threadsafe(runner.cleanup(), web_loop).result(15)
-        finally:
-            web_loop.call_soon_threadsafe(web_loop.stop)
-            web_thread.join(15)
-            if not web_thread.is_alive():
-                web_loop.close()
+        await asyncio.to_thread(web.stop)
 
 
 async def _latency_run(settings: Settings, labels: list[tuple[bytes, bytes]], rate: float, poll_ms: float,
@@ -691,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the monitors worked off the backlogs' observations {settle:.1f} s later", flush=True)
             print(f"latency run: {n_lat:,} labels at {args.rate:,.0f}/s ...", flush=True)
             stats: dict[str, Any] = {"polls": 0, "poll_seconds": 0.0}
-            lat = asyncio.run(latency_run(settings, lat_labels, args.rate, args.poll_ms, worker, 60.0, stats))
+            lat = asyncio.run(latency_run(settings, lat_labels, args.rate, args.poll_ms, worker, 60.0, stats,
+                                          tmpdir / "logs" / "web.log"))
             expected = n + len(warm_labels)
             result["outcomes_counted"] = stats["outcomes_counted"]
             result["outcomes_expected"] = expected

@@ -86,7 +86,7 @@ class JoinService(Service):
     # ------------------------------------------------------------------ lifecycle
     async def on_start(self) -> None:
         s = self.settings
-        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5,
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=0,
                                          client_id=f"{s.app_id}-join", **aiokafka_kwargs(s))
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
