@@ -7,12 +7,13 @@ chunk earlier, then waits until the loop has caught up: the join has published w
 everything sent (its consumer group's committed offsets reach the topics' ends: the join commits
 only after the acks, and at once when it is idle), the monitors have applied all of it (their
 checkpointed offsets in Redis reach the topic's ends; they publish before they checkpoint), the review-queue
-consumer has taken every request, and the reviewers have emptied the queue. The ends are exact
-ones (:class:`~feedback_loop.end_offsets.EndOffsets`): the embedded broker's ListOffsets answer
-falls short by the rest of the last batch, which let a day's last requests arrive after the
-next day's labels. Only then does the
+consumer has taken every request, and the reviewers have emptied the queue. Only then does the
 next day, and with it the labels of this one, go out: reviewed items get their label at once,
 the others one day late.
+
+The topics' ends come from :class:`~feedback_loop.end_offsets.EndOffsets`: the embedded broker's
+ListOffsets answer falls short by the rest of the last batch, and a short end would let the
+next day's labels go out before this day's last review requests have reached the queue.
 """
 
 from __future__ import annotations
