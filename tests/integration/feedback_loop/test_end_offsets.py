@@ -38,7 +38,6 @@ def test_end_offsets_count_every_record_of_the_last_batch(kafka_bootstrap: str) 
         producer.close(timeout=10)
 
 
-
 def test_end_offsets_of_topics_asked_in_turn(kafka_bootstrap: str) -> None:
     """Each read may ask for other topics than the last, some of them still empty (the lockstep does)."""
     topics = [f"ends-{uuid.uuid4().hex[:8]}" for _ in range(3)]
