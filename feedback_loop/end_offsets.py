@@ -65,9 +65,9 @@ class EndOffsets:
             # the high watermark counts once a fetch from the seek position has returned records
             waiting = {tp for tp in waiting
                        if self.consumer.position(tp) < listed[tp] or self.consumer.highwater(tp) is None}
-        ends = {tp: listed[tp] for tp in tps}
+        ends = dict.fromkeys(tps, 0)
         for tp in probe:
-            ends[tp] = max(listed[tp], self.consumer.highwater(tp) or 0)
+            ends[tp] = self.consumer.highwater(tp)  # set for every probed partition (loop above)
         return ends
 
     def close(self) -> None:
