@@ -2,7 +2,7 @@
 
 Join state layout (``ns`` is ``Settings.redis_namespace``)::
 
-    {ns}:join:{p}     hash  prediction_id -> entry            (streams.join.Entry.to_list)
+    {ns}:join:{p}     hash  prediction_id -> entry            (streams.join.Entry.encode)
     {ns}:agg:{p}      hash  [model, version, tag, value] -> aggregate (streams.partition.Aggregate)
     {ns}:win:{p}      hash  [model, version, tag, value, predicted_at, id] -> rolling-window sample
     {ns}:meta:{p}     hash  offsets / watermark / counters
@@ -17,9 +17,10 @@ Monitor state (``monitor-input`` partitions) lives in ``{ns}:mon:{p}`` (model ve
 ``{ns}:monref:{p}`` (its data-drift references, written once complete) and ``{ns}:monmeta:{p}``,
 fenced by ``{ns}:monowner:{p}``.
 
-A worker claims a partition before loading it; every save is a MULTI/EXEC guarded by WATCH on the
-owner key, so a worker that lost the partition in a rebalance cannot overwrite the new owner's
-state: it gets :class:`~feedback_loop.errors.OwnershipLostError` instead and must drop its copy.
+A worker claims a partition before loading it; every save is one Lua script (:data:`FENCED_WRITE`)
+that writes only if the owner key still holds the worker's token, so a worker that lost the
+partition in a rebalance cannot overwrite the new owner's state: it gets
+:class:`~feedback_loop.errors.OwnershipLostError` instead and must drop its copy.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ from typing import Any, Callable
 import orjson
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.commands.core import BasicKeyCommands, HashCommands, ListCommands, StreamCommands
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from feedback_loop.errors import OwnershipLostError, StoreUnavailableError
 from feedback_loop.settings import Settings
@@ -47,13 +47,59 @@ from streams.snapshots import log_entry
 log = logging.getLogger(__name__)
 
 
-class _ConnectionLost(Exception):
-    """redis-py reports a connection lost while watching keys as a WatchError."""
+#: Runs a checkpoint's commands only if every owner key in KEYS holds its token (ARGV[i] for
+#: KEYS[i]); the commands follow in ARGV, each as its argument count and then its arguments.
+#: Returns the (1-based) indexes of the keys that did not hold their token; it wrote nothing then.
+#: A script runs atomically, so this is one round trip where WATCH, GET and MULTI/EXEC took three.
+FENCED_WRITE = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) ~= ARGV[i] then lost[#lost + 1] = i end
+end
+if #lost > 0 then return lost end
+local pos = #KEYS + 1
+while pos <= #ARGV do
+  local argc = tonumber(ARGV[pos])
+  redis.call(unpack(ARGV, pos + 1, pos + argc))
+  pos = pos + argc + 1
+end
+return lost
+"""
+
+#: Most arguments of one command in :data:`FENCED_WRITE` (Lua's ``unpack`` is bounded by its
+#: stack); longer HSET, HDEL and LPUSH commands are split, which changes nothing in a script.
+MAX_SCRIPT_ARGS = 4000
 
 
-def _raise_if_connection_lost(exc: WatchError) -> None:
-    if "ConnectionError" in str(exc) or "TimeoutError" in str(exc):
-        raise _ConnectionLost(str(exc)) from exc
+class Commands(BasicKeyCommands, HashCommands, ListCommands, StreamCommands):
+    """Collects commands, built by redis-py's own command methods (``hset(name, mapping=...)``,
+    ``xadd``, ...), as the argument list of :data:`FENCED_WRITE`.
+
+    >>> commands = Commands()
+    >>> commands.hset("h", mapping={"a": 1, "b": 2}); commands.delete("k")
+    >>> commands.args
+    [6, 'HSET', 'h', 'a', 1, 'b', 2, 2, 'DEL', 'k']
+    """
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> None:
+        name, key, rest = args[0], args[1:2], args[2:]
+        step = {"HSET": 2, "HDEL": 1, "LPUSH": 1}.get(name)
+        if step is None or len(args) <= MAX_SCRIPT_ARGS:
+            self.args.append(len(args))
+            self.args.extend(args)
+            return
+        size = (MAX_SCRIPT_ARGS - 2) // step * step
+        for at in range(0, len(rest), size):
+            chunk = rest[at:at + size]
+            self.args.append(2 + len(chunk))
+            self.args.extend((name, *key, *chunk))
+
+
+#: ``fill(commands)``: issue a checkpoint's commands on a :class:`Commands`.
+Fill = Callable[[Commands], None]
 
 
 class Fence:
@@ -62,6 +108,7 @@ class Fence:
     def __init__(self, redis: Redis, settings: Settings, owner_kind: str, owner: str) -> None:
         self.redis, self.settings, self.owner_kind, self.owner = redis, settings, owner_kind, owner
         self._tokens: dict[int, bytes] = {}
+        self._script = redis.register_script(FENCED_WRITE)
 
     async def claim(self, partition: int, reads: list[str]) -> list[Any]:
         """Become the owner of ``partition``; return the HGETALL of each key in ``reads``."""
@@ -77,19 +124,19 @@ class Fence:
     def release(self, partition: int) -> None:
         self._tokens.pop(partition, None)
 
-    async def write(self, partition: int, fill: Callable[[Pipeline], None]) -> None:
-        """Run ``fill``'s commands in one transaction, if this worker still owns ``partition``.
+    async def write(self, partition: int, fill: Fill) -> None:
+        """Run ``fill``'s commands atomically, if this worker still owns ``partition``.
 
         While Redis is unreachable (a restart, a failover) the write is retried with backoff for
         up to ``redis_retry_seconds``, then :class:`~feedback_loop.errors.StoreUnavailableError`
-        is raised. A retried transaction may have been applied once already; every command in a
+        is raised. A retried write may have been applied once already; every command in a
         checkpoint sets absolute values, so applying it twice leaves the same state.
         """
         await self._retrying(lambda: self.write_once(partition, fill))
 
-    async def write_many(self, fills: dict[int, Callable[[Pipeline], None]]) -> set[int]:
-        """:meth:`write` for several partitions in one transaction; return the partitions this
-        worker no longer owns (nothing of theirs is written)."""
+    async def write_many(self, fills: dict[int, Fill]) -> set[int]:
+        """:meth:`write` for several partitions at once; return the partitions this worker no
+        longer owns (nothing of theirs is written)."""
         return await self._retrying(lambda: self._write_many_once(fills))
 
     async def _retrying(self, attempt: Callable[[], Any]) -> Any:
@@ -98,7 +145,7 @@ class Fence:
         while True:
             try:
                 return await attempt()
-            except (RedisConnectionError, RedisTimeoutError, _ConnectionLost) as exc:
+            except (RedisConnectionError, RedisTimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise StoreUnavailableError(
                         f"Redis did not answer for {self.settings.redis_retry_seconds:.0f} s ({exc}); "
@@ -107,51 +154,26 @@ class Fence:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def write_once(self, partition: int, fill: Callable[[Pipeline], None]) -> None:
+    async def write_once(self, partition: int, fill: Fill) -> None:
         """:meth:`write` without retries."""
-        owner_key = self.settings.key(self.owner_kind, partition)
-        token = self._tokens.get(partition)
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(owner_key)
-                if token is None or await pipe.get(owner_key) != token:
-                    raise OwnershipLostError(f"partition {partition} is owned by another worker now")
-                pipe.multi()
-                fill(pipe)
-                pipe.incr(self.settings.key("version"))
-                await pipe.execute()
-        except WatchError as exc:
-            _raise_if_connection_lost(exc)
-            raise OwnershipLostError(
-                f"partition {partition} was claimed by another worker during a save") from None
+        if await self._write_many_once({partition: fill}):
+            raise OwnershipLostError(f"partition {partition} is owned by another worker now")
 
-
-    async def _write_many_once(self, fills: dict[int, Callable[[Pipeline], None]]) -> set[int]:
+    async def _write_many_once(self, fills: dict[int, Fill]) -> set[int]:
         lost = {p for p in fills if p not in self._tokens}
         mine = sorted(p for p in fills if p not in lost)
-        if not mine:
-            return lost
-        keys = [self.settings.key(self.owner_kind, p) for p in mine]
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(*keys)
-                current = await pipe.mget(keys)
-                lost |= {p for p, token in zip(mine, current) if token != self._tokens.get(p)}
-                pipe.multi()
-                for p in mine:
-                    if p not in lost:
-                        fills[p](pipe)
-                pipe.incr(self.settings.key("version"))
-                await pipe.execute()
-        except WatchError as exc:  # some partition was claimed meanwhile: find out which, one by one
-            _raise_if_connection_lost(exc)
+        while mine:
+            commands = Commands()
             for p in mine:
-                if p in lost:
-                    continue
-                try:
-                    await self.write_once(p, fills[p])
-                except OwnershipLostError:
-                    lost.add(p)
+                fills[p](commands)
+            commands.incr(self.settings.key("version"))
+            refused = await self._script(keys=[self.settings.key(self.owner_kind, p) for p in mine],
+                                         args=[self._tokens[p] for p in mine] + commands.args)
+            if not refused:
+                break
+            # another worker claimed some of them: write the others (rare: a rebalance mid-batch)
+            lost |= {mine[i - 1] for i in refused}
+            mine = [p for p in mine if p not in lost]
         return lost
 
 
@@ -208,14 +230,14 @@ class CheckpointStore:
         except Exception as exc:
             log.info("outbox of partition %d left for the next owner (%r)", partition, exc)
 
-    def _fill(self, state: PartitionState, outbox: list[Emit] | None = None) -> Callable[[Pipeline], None]:
+    def _fill(self, state: PartitionState, outbox: list[Emit] | None = None) -> Fill:
         join_key, agg_key, win_key, meta_key = self._keys(state.partition)
         outbox_key = self.settings.key("outbox", state.partition)
         items = {b"%08d" % i: encode_outbox_item(m) for i, m in enumerate(outbox or ())}
         log_key = self.settings.key("agglog")
         changes = state.changes()
 
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Commands) -> None:
             if changes.entries:
                 pipe.hset(join_key, mapping=changes.entries)
             if changes.removed:
@@ -390,7 +412,7 @@ class MonitorStore:
         k = self.settings.key
         changes = await asyncio.to_thread(state.changes, self.signer)  # pickles and signs: off the loop
 
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Commands) -> None:
             if changes.monitors:
                 pipe.hset(k("mon", state.partition), mapping=changes.monitors)
             if changes.references:

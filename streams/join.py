@@ -41,13 +41,13 @@ Examples
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Union
 
 import orjson
 
-from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag
+from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, decode
 
 Target = Union[bool, int, str, float]
 
@@ -118,9 +118,10 @@ def is_regression(prediction: Target) -> bool:
 
 @dataclass(slots=True)
 class Prediction:
-    """What the join keeps of a prediction. The features digest tells a re-sent prediction from a
-    different one under the same id; the features themselves travel on with the outcome (the
-    learners and the review router need them when the truth arrives)."""
+    """What the join keeps of a prediction. The features travel on with the outcome (the learners
+    and the review router need them when the truth arrives); their digest tells a re-sent
+    prediction from a different one under the same id, and is computed only for that comparison
+    (``features_digest`` is empty unless a checkpoint written with it was restored)."""
 
     model: str
     model_version: str
@@ -135,19 +136,22 @@ class Prediction:
 
     @classmethod
     def from_event(cls, event: PredictionEvent) -> Prediction:
+        # the event's dicts are its own and the event is dropped after: no copies
         return cls(
             event.model, event.model_version, event.prediction, event.timestamp.timestamp(),
-            iso(event.timestamp), dict(event.tags),
-            None if event.scores is None else dict(event.scores), _features_digest(event.features),
-            confidence_of(event), event.features,
+            iso(event.timestamp), event.tags, event.scores, "", confidence_of(event), event.features,
         )
+
+    def digest(self) -> str:
+        """The features' digest (a restored checkpoint may hold it already)."""
+        return self.features_digest or _features_digest(self.features or {})
 
     def same_as(self, other: Prediction) -> bool:
         """Same prediction, whatever the spelling of its timestamp."""
         return (self.model, self.model_version, type(self.prediction), self.prediction, self.predicted_at,
-                self.tags, self.scores, self.features_digest) == (
+                self.tags, self.scores) == (
             other.model, other.model_version, type(other.prediction), other.prediction,
-            other.predicted_at, other.tags, other.scores, other.features_digest)
+            other.predicted_at, other.tags, other.scores) and self.digest() == other.digest()
 
 
 @dataclass(slots=True)
@@ -189,6 +193,40 @@ class Entry:
     verdict: Verdict | None = None
     revision: int = 0
     first_seen: float = 0.0
+    #: the prediction event's bytes while the entry holds nothing else and is not checkpointed yet
+    event: bytes | None = field(default=None, compare=False, repr=False)
+
+    def encode(self) -> bytes:
+        """The checkpoint form; :meth:`decode` inverts it.
+
+        An entry that holds only its prediction is stored as the prediction event's own bytes
+        (``event``, then dropped: it is needed once), which costs nothing to write; any other is
+        the JSON of :meth:`to_list`.
+
+        >>> raw = (b'{"prediction_id":"p-1","model":"m","model_version":"1",'
+        ...        b'"timestamp":"2026-11-22T10:00:00Z","features":{"a":1},"prediction":"yes"}')
+        >>> entry, _ = apply_prediction(None, decode(PredictionEvent, raw))
+        >>> entry.event = raw
+        >>> entry.encode() == raw, entry.event, Entry.decode(raw) == entry
+        (True, None, True)
+        >>> Entry.decode(entry.encode()) == entry
+        True
+        """
+        fresh = self.event
+        if fresh is not None:
+            self.event = None
+            if self.label is None and self.review is None and self.verdict is None:
+                return fresh
+        return orjson.dumps(self.to_list())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry:
+        """The entry that :meth:`encode` wrote."""
+        if raw[:1] == b"{":  # a prediction event, validated when it was first applied
+            entry, _ = apply_prediction(None, decode(PredictionEvent, raw))
+            assert entry is not None
+            return entry
+        return cls.from_list(orjson.loads(raw))
 
     def to_list(self) -> list[Any]:
         """Compact JSON-able form; :meth:`from_list` inverts it."""
@@ -250,6 +288,9 @@ class Change:
         return self.kind == "revised"
 
 
+_PENDING = Change("pending")
+
+
 def resolve(entry: Entry) -> Verdict | None:
     """The verdict the entry's evidence supports, or ``None`` while it has no outcome."""
     p = entry.prediction
@@ -305,6 +346,8 @@ def _copy(entry: Entry | None, pid: str, at: float) -> Entry:
 def apply_prediction(entry: Entry | None, event: PredictionEvent) -> tuple[Entry | None, Change]:
     """Apply a prediction; a repeated identical prediction changes nothing."""
     record = Prediction.from_event(event)
+    if entry is None:  # the common case: nothing known yet, the prediction waits for its truth
+        return Entry(event.prediction_id, record, first_seen=record.predicted_at), _PENDING
     if entry is not None and entry.prediction is not None:
         if entry.prediction.same_as(record):
             return entry, Change("duplicate")

@@ -162,7 +162,10 @@ class PartitionState:
 
     # ----------------------------------------------------------------- processing
     def apply(self, record: Record, now: float = 0.0) -> list[Emit]:
-        """Apply one record at wall time ``now``; return the outcomes and dead letters it produces."""
+        """Apply one record at wall time ``now``; return the outcomes and dead letters it produces.
+
+        ``record`` is a :class:`Record` or anything with its fields (the join passes aiokafka's
+        records as they are)."""
         last = self.offsets.get(record.topic)
         if last is not None and record.offset <= last:
             return []  # already applied before a restart or rebalance
@@ -179,6 +182,8 @@ class PartitionState:
         entry, change = _APPLY[kind](before, event)
         if change.kind in ("conflict", "invalid"):
             return [self._dead(record, change.reason)]
+        if before is None and kind == "predictions" and entry is not None:
+            entry.event = record.value  # checkpointed as it came (see Entry.encode)
         self.counters["rejected_truths"] += change.dropped
         if change.kind == "duplicate":
             self.counters["duplicate_predictions"] += 1
@@ -338,7 +343,7 @@ class PartitionState:
                 elif pid in written:
                     window_removed.append(encode_window_field(key, written[pid]))
         return Changes(
-            entries={pid: orjson.dumps(self.entries[pid].to_list()) for pid in self._dirty},
+            entries={pid: self.entries[pid].encode() for pid in self._dirty},
             removed=sorted(self._removed),
             aggregates={encode_agg_key(k): orjson.dumps(self.aggregates[k].to_dict())
                         for k in self._dirty_aggs},
@@ -378,7 +383,7 @@ class PartitionState:
                 now: float = 0.0) -> None:
         """Load a checkpoint (raw Redis hashes) into this empty state at wall time ``now``."""
         for raw in entries.values():
-            entry = Entry.from_list(orjson.loads(raw))
+            entry = Entry.decode(raw)
             self.entries[entry.prediction_id] = entry
             self._deadlines.append((self._deadline(entry), entry.prediction_id))
         heapq.heapify(self._deadlines)

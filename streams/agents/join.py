@@ -11,7 +11,7 @@ The join is the hot path, so it does not go through Faust's per-event stream mac
 input topics with its own ``aiokafka`` consumer in the group ``<app_id>-join``, in batches
 (``getmany``), and publishes with its own producer. Per fetch the steps are the ones of
 :mod:`streams.agents.partitioned`, done once for all the partitions fetched: apply each
-partition's records (a pure function), checkpoint all the partitions in one Redis transaction
+partition's records (a pure function), checkpoint all the partitions in one atomic Redis write
 together with the messages they produced (each partition's outbox), publish those messages and
 wait for the acks, and only then commit the offsets (every ``COMMIT_INTERVAL`` seconds, as soon
 as a fetch comes back empty, on revocation and at stop): a committed offset means its records'
@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 import time
 from collections import defaultdict
+from operator import attrgetter
 from typing import Any, Awaitable
 
 import faust
@@ -40,7 +42,7 @@ from feedback_loop.settings import Settings
 from streams.agents import partitioned
 from streams.checkpoint import CheckpointStore
 from streams.observations import pack_by_partition, pack_each_partition
-from streams.partition import Emit, Record
+from streams.partition import Emit
 from streams.topics import StreamTopics
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,29 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL = 1.0
 
 
-def _timestamp(message: Any) -> int:
-    return message.timestamp
+_timestamp = attrgetter("timestamp")
+
+
+def produced_order(runs: list[list[Any]]) -> list[Any]:
+    """The messages of ``runs`` (each in offset order) merged by Kafka timestamp, as
+    ``heapq.merge(*runs, key=timestamp)`` merges them: a tie goes to the earlier run, and a run's
+    own order is kept even where its timestamps go back (a producer's clock may).
+
+    When every run's timestamps are in order, which is the usual case, a stable sort of their
+    concatenation gives exactly that order, in C, for a fraction of the cost.
+
+    >>> from collections import namedtuple
+    >>> M = namedtuple("M", "name timestamp")
+    >>> [m.name for m in produced_order([[M("a", 1), M("b", 3)], [M("c", 1), M("d", 2)]])]
+    ['a', 'c', 'd', 'b']
+    >>> [m.name for m in produced_order([[M("a", 5), M("b", 1)], [M("c", 3)]])]  # a run out of order
+    ['c', 'a', 'b']
+    """
+    for run in runs:
+        times = list(map(_timestamp, run))
+        if times != sorted(times):
+            return list(heapq.merge(*runs, key=_timestamp))
+    return sorted(itertools.chain.from_iterable(runs), key=_timestamp)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -178,7 +201,7 @@ class JoinService(Service):
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """Apply one fetch: every partition's records, one round of publishing for all of them,
-        one Redis transaction for all their checkpoints, then mark their offsets to commit."""
+        one atomic Redis write for all their checkpoints, then mark their offsets to commit."""
         assert self.consumer is not None
         by_partition: dict[int, list[tuple[TopicPartition, list[Any]]]] = defaultdict(list)
         for tp, messages in batches.items():
@@ -201,9 +224,9 @@ class JoinService(Service):
             # brings a long backlog of each input of each partition.
             now = time.time()
             emitted: list[tuple[int, Emit]] = []
-            for m in heapq.merge(*(messages for parts in live.values() for _, messages in parts), key=_timestamp):
-                emitted += [(m.partition, e) for e in
-                            states[m.partition].apply(Record(m.topic, m.partition, m.offset, m.key, m.value), now)]
+            for m in produced_order([messages for parts in live.values() for _, messages in parts]):
+                # (aiokafka's record has the fields of a streams.partition.Record)
+                emitted += [(m.partition, e) for e in states[m.partition].apply(m, now)]
             for state in states.values():
                 state.expire(now)
             # Saved with the state, published after: a replay by another owner publishes these

@@ -159,7 +159,8 @@ def test_checkpoint_round_trip_restores_everything():
     s, feed = state(), Feed()
     s.apply_all([feed("predictions", p("a", scores={"yes": 0.7, "no": 0.3}, tags={"r": "eu"})),
                  feed("labels", lab("a", "no")), feed("labels", lab("b", "x")),
-                 feed("labels", b"garbage", key="z")])
+                 feed("labels", b"garbage", key="z"),
+                 feed("predictions", p("c", confidence=0.6, tags={"r": "us"}, note="kept"))])
     changes = s.changes()
     restored = state()
     restored.restore({k.encode(): v for k, v in changes.entries.items()}, changes.aggregates,
@@ -173,6 +174,22 @@ def test_checkpoint_round_trip_restores_everything():
         assert restored.aggregates[key].rolling.samples() == agg.rolling.samples()
     s.mark_clean()
     assert not s.dirty
+
+
+def test_a_prediction_waiting_for_its_truth_is_checkpointed_as_it_came():
+    s, feed = state(), Feed()
+    waiting = feed("predictions", p("c", scores={"yes": 0.6, "no": 0.4}, tags={"r": "eu"}))
+    s.apply_all([waiting, feed("predictions", p("d")), feed("labels", lab("d", "no"))])
+    changes = s.changes()
+    assert changes.entries["c"] == waiting.value  # the event's own bytes
+    assert orjson.loads(changes.entries["d"])[0] == "d"  # joined: the entry's list form
+    restored = state()
+    restored.restore({k.encode(): v for k, v in changes.entries.items()}, {}, {})
+    assert restored.entries == s.entries
+    s.mark_clean()
+    s.apply_all([feed("labels", lab("c", "no"))])  # its truth arrives: now the list form
+    stored = orjson.loads(s.changes().entries["c"])
+    assert stored[0] == "c" and stored[4][:3] == ["no", False, "label"]
 
 
 def test_window_checkpoints_are_incremental():
