@@ -17,10 +17,9 @@ Monitor state (``monitor-input`` partitions) lives in ``{ns}:mon:{p}`` (model ve
 ``{ns}:monref:{p}`` (its data-drift references, written once complete) and ``{ns}:monmeta:{p}``,
 fenced by ``{ns}:monowner:{p}``.
 
-A worker claims a partition before loading it; every save is one Lua script (:data:`FENCED_WRITE`)
-that writes only if the owner key still holds the worker's token, so a worker that lost the
-partition in a rebalance cannot overwrite the new owner's state: it gets
-:class:`~feedback_loop.errors.OwnershipLostError` instead and must drop its copy.
+A worker claims a partition before loading it; every save is a MULTI/EXEC guarded by WATCH on the
+owner key, so a worker that lost the partition in a rebalance cannot overwrite the new owner's
+state: it gets :class:`~feedback_loop.errors.OwnershipLostError` instead and must drop its copy.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 from redis import Redis as SyncRedis
@@ -47,55 +46,48 @@ from streams.snapshots import log_entry
 log = logging.getLogger(__name__)
 
 
-#: Runs a checkpoint's commands only if every owner key in KEYS holds its token (ARGV[i] for
-#: KEYS[i]); the commands follow in ARGV, each as its argument count and then its arguments.
-#: Returns the (1-based) indexes of the keys that did not hold their token; it wrote nothing then.
-#: A script runs atomically, so this is one round trip where WATCH, GET and MULTI/EXEC took three.
-FENCED_WRITE = """
-local lost = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) ~= ARGV[i] then lost[#lost + 1] = i end
-end
-if #lost > 0 then return lost end
-local pos = #KEYS + 1
-while pos <= #ARGV do
-  local argc = tonumber(ARGV[pos])
-  redis.call(unpack(ARGV, pos + 1, pos + argc))
-  pos = pos + argc + 1
-end
-return lost
-"""
+def _bulk(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value).encode()
+    raise TypeError(f"a Redis argument must be bytes, str, int or float, not {type(value).__name__}")
 
-#: Most arguments of one command in :data:`FENCED_WRITE` (Lua's ``unpack`` is bounded by its
-#: stack); longer HSET, HDEL and LPUSH commands are split, which changes nothing in a script.
-MAX_SCRIPT_ARGS = 4000
+
+def resp_command(args: Iterable[Any]) -> bytes:
+    """One command in the Redis protocol (an array of bulk strings), as redis-py would send it
+    (text as UTF-8, numbers as their ``repr``), at a fraction of the cost of its ``pack_command``
+    for commands of many arguments.
+
+    >>> resp_command(["HSET", "h", b"f", 1.5])
+    b'*4\\r\\n$4\\r\\nHSET\\r\\n$1\\r\\nh\\r\\n$1\\r\\nf\\r\\n$3\\r\\n1.5\\r\\n'
+    """
+    parts = [b""]
+    for arg in args:
+        if type(arg) is not bytes:
+            arg = _bulk(arg)
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    parts[0] = b"*%d\r\n" % (len(parts) - 1)
+    return b"".join(parts)
 
 
 class Commands(BasicKeyCommands, HashCommands, ListCommands, StreamCommands):
     """Collects commands, built by redis-py's own command methods (``hset(name, mapping=...)``,
-    ``xadd``, ...), as the argument list of :data:`FENCED_WRITE`.
+    ``xadd``, ...), packed in the Redis protocol (:func:`resp_command`) as they come.
 
     >>> commands = Commands()
-    >>> commands.hset("h", mapping={"a": 1, "b": 2}); commands.delete("k")
-    >>> commands.args
-    [6, 'HSET', 'h', 'a', 1, 'b', 2, 2, 'DEL', 'k']
+    >>> commands.hset("h", mapping={"a": 1}); commands.delete("k")
+    >>> commands.count, b"".join(commands.packed)[:21]
+    (2, b'*4\\r\\n$4\\r\\nHSET\\r\\n$1\\r\\nh\\r\\n')
     """
 
     def __init__(self) -> None:
-        self.args: list[Any] = []
+        self.packed: list[bytes] = []
+        self.count = 0
 
     def execute_command(self, *args: Any, **options: Any) -> None:
-        name, key, rest = args[0], args[1:2], args[2:]
-        step = {"HSET": 2, "HDEL": 1, "LPUSH": 1}.get(name)
-        if step is None or len(args) <= MAX_SCRIPT_ARGS:
-            self.args.append(len(args))
-            self.args.extend(args)
-            return
-        size = (MAX_SCRIPT_ARGS - 2) // step * step
-        for at in range(0, len(rest), size):
-            chunk = rest[at:at + size]
-            self.args.append(2 + len(chunk))
-            self.args.extend((name, *key, *chunk))
+        self.packed.append(resp_command(args))
+        self.count += 1
 
 
 #: ``fill(commands)``: issue a checkpoint's commands on a :class:`Commands`.
@@ -108,7 +100,6 @@ class Fence:
     def __init__(self, redis: Redis, settings: Settings, owner_kind: str, owner: str) -> None:
         self.redis, self.settings, self.owner_kind, self.owner = redis, settings, owner_kind, owner
         self._tokens: dict[int, bytes] = {}
-        self._script = redis.register_script(FENCED_WRITE)
 
     async def claim(self, partition: int, reads: list[str]) -> list[Any]:
         """Become the owner of ``partition``; return the HGETALL of each key in ``reads``."""
@@ -125,18 +116,18 @@ class Fence:
         self._tokens.pop(partition, None)
 
     async def write(self, partition: int, fill: Fill) -> None:
-        """Run ``fill``'s commands atomically, if this worker still owns ``partition``.
+        """Run ``fill``'s commands in one transaction, if this worker still owns ``partition``.
 
         While Redis is unreachable (a restart, a failover) the write is retried with backoff for
         up to ``redis_retry_seconds``, then :class:`~feedback_loop.errors.StoreUnavailableError`
-        is raised. A retried write may have been applied once already; every command in a
+        is raised. A retried transaction may have been applied once already; every command in a
         checkpoint sets absolute values, so applying it twice leaves the same state.
         """
         await self._retrying(lambda: self.write_once(partition, fill))
 
     async def write_many(self, fills: dict[int, Fill]) -> set[int]:
-        """:meth:`write` for several partitions at once; return the partitions this worker no
-        longer owns (nothing of theirs is written)."""
+        """:meth:`write` for several partitions in one transaction; return the partitions this
+        worker no longer owns (nothing of theirs is written)."""
         return await self._retrying(lambda: self._write_many_once(fills))
 
     async def _retrying(self, attempt: Callable[[], Any]) -> Any:
@@ -162,18 +153,48 @@ class Fence:
     async def _write_many_once(self, fills: dict[int, Fill]) -> set[int]:
         lost = {p for p in fills if p not in self._tokens}
         mine = sorted(p for p in fills if p not in lost)
-        while mine:
-            commands = Commands()
-            for p in mine:
-                fills[p](commands)
-            commands.incr(self.settings.key("version"))
-            refused = await self._script(keys=[self.settings.key(self.owner_kind, p) for p in mine],
-                                         args=[self._tokens[p] for p in mine] + commands.args)
-            if not refused:
-                break
-            # another worker claimed some of them: write the others (rare: a rebalance mid-batch)
-            lost |= {mine[i - 1] for i in refused}
-            mine = [p for p in mine if p not in lost]
+        if not mine:
+            return lost
+        commands = Commands()
+        commands.execute_command("MULTI")
+        for p in mine:
+            fills[p](commands)
+        commands.incr(self.settings.key("version"))
+        commands.execute_command("EXEC")
+        keys = [self.settings.key(self.owner_kind, p) for p in mine]
+        refused: set[int] = set()
+        replies = None
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            # Two round trips on one connection, the commands packed here (redis-py's packing of
+            # a checkpoint's thousands of arguments cost more than building them): WATCH the
+            # owner keys and read them, then the transaction, which Redis runs only if no owner
+            # key changed since the WATCH.
+            await connection.send_packed_command(resp_command(["WATCH", *keys]) + resp_command(["MGET", *keys]))
+            await connection.read_response()
+            current = await connection.read_response()
+            refused = {p for p, token in zip(mine, current) if token != self._tokens.get(p)}
+            if refused:
+                await connection.send_packed_command(resp_command(["UNWATCH"]))
+                await connection.read_response()
+            else:
+                await connection.send_packed_command(commands.packed)
+                for _ in range(commands.count - 1):  # OK to MULTI, QUEUED to every command
+                    await connection.read_response()
+                replies = await connection.read_response()
+        except BaseException:
+            await connection.disconnect()  # its replies may be half read
+            raise
+        finally:
+            await pool.release(connection)
+        if refused:  # another worker claimed them (a rebalance mid-batch): write the others
+            return lost | refused | await self._write_many_once({p: fills[p] for p in mine if p not in refused})
+        if replies is None:  # an owner key changed after the WATCH: find out which, again
+            return lost | await self._write_many_once({p: fills[p] for p in mine})
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
         return lost
 
 

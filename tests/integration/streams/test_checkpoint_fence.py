@@ -8,10 +8,11 @@ import uuid
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from feedback_loop.errors import OwnershipLostError
 from feedback_loop.settings import Settings
-from streams.checkpoint import MAX_SCRIPT_ARGS, Fence
+from streams.checkpoint import Fence
 
 
 def _settings(redis_url: str) -> Settings:
@@ -48,14 +49,14 @@ def test_only_the_owner_writes_and_the_others_are_reported_lost(redis_url: str) 
     asyncio.run(main())
 
 
-def test_long_commands_are_split_and_keep_their_effect(redis_url: str) -> None:
+def test_a_large_write_lands_whole_and_a_failed_command_raises(redis_url: str) -> None:
     async def main() -> None:
         settings = _settings(redis_url)
         redis = Redis.from_url(redis_url)
         try:
             fence = Fence(redis, settings, "owner", "w1")
             await fence.claim(0, [])
-            n = 3 * MAX_SCRIPT_ARGS + 7
+            n = 20_000
             fields = {f"f{i}": f"v{i}".encode() for i in range(n)}
             items = [f"i{i}".encode() for i in range(n)]
             h, lst = settings.key("h", 0), settings.key("l", 0)
@@ -64,11 +65,17 @@ def test_long_commands_are_split_and_keep_their_effect(redis_url: str) -> None:
                 commands.hset(h, mapping=fields)
                 commands.lpush(lst, *items)
                 commands.hdel(h, *[f"f{i}" for i in range(0, n, 2)])
+                commands.xadd(settings.key("log"), {"n": 1.5, "p": 0})
 
-            await redis.script_flush()  # the script is loaded again when Redis does not know it
             await fence.write(0, fill)
             assert await redis.hgetall(h) == {k.encode(): v for i, (k, v) in enumerate(fields.items()) if i % 2}
-            assert await redis.lrange(lst, 0, -1) == items[::-1]  # as one LPUSH of them all
+            assert await redis.lrange(lst, 0, -1) == items[::-1]
+            assert [e[1] for e in await redis.xrange(settings.key("log"))] == [{b"n": b"1.5", b"p": b"0"}]
+            await redis.set(settings.key("s", 0), "text")
+            with pytest.raises(ResponseError, match="WRONGTYPE"):
+                await fence.write(0, lambda commands: commands.hset(settings.key("s", 0), mapping={"a": 1}))
+            await fence.write(0, lambda commands: commands.hset(h, mapping={"after": 1}))  # the next write works
+            assert await redis.hget(h, "after") == b"1"
         finally:
             await redis.aclose()
 
