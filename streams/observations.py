@@ -22,6 +22,9 @@ True
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
+from operator import add
 from typing import Any, Iterable
 
 import orjson
@@ -118,26 +121,43 @@ def pack_by_partition(emitted: list[tuple[int, Any]], kind: str = "monitor-input
     [([1], 'outcomes', b'o'), ([0, 1], 'monitor-input', b'[1,2,3]')]
     """
     out: list[tuple[frozenset[int], Any]] = []
-    groups: dict[Any, list[tuple[int, bytes]]] = {}
-    template = None
+    groups: dict[Any, tuple[Any, list[bytes], list[int]]] = {}
     for partition, emit in emitted:
         if emit.kind == kind:
-            groups.setdefault(emit.key, []).append((partition, emit.value))
-            template = emit
+            group = groups.get(emit.key)
+            if group is None:
+                group = groups[emit.key] = (emit, [], [])
+            group[1].append(emit.value)
+            group[2].append(partition)
         else:
             out.append((frozenset((partition,)), emit))
-    for key, items in groups.items():
-        chunk: list[bytes] = []
-        parts: set[int] = set()
-        size = 0
-        for partition, value in items:
-            if chunk and (len(chunk) >= PACK_MAX or size + len(value) > PACK_MAX_BYTES):
-                out.append((frozenset(parts), template._replace(key=key, value=b"[" + b",".join(chunk) + b"]")))
-                chunk, parts, size = [], set(), 0
-            chunk.append(value)
-            parts.add(partition)
-            size += len(value) + 1
-        out.append((frozenset(parts), template._replace(key=key, value=b"[" + b",".join(chunk) + b"]")))
+    for first, values, partitions in groups.values():
+        for start, end in chunks(values):
+            out.append((frozenset(partitions[start:end]),
+                        first._replace(value=b"[" + b",".join(values[start:end]) + b"]")))
+    return out
+
+
+def chunks(values: list[bytes], max_count: int = PACK_MAX, max_bytes: int = PACK_MAX_BYTES) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges that cut ``values`` into packed messages: as many values as fit,
+    in order, in at most ``max_count`` values and ``max_bytes`` bytes joined by commas (a value
+    longer than that travels alone).
+
+    >>> chunks([b"ab"] * 3), chunks([b"ab"] * 3, max_count=2), chunks([])
+    ([(0, 3)], [(0, 2), (2, 3)], [])
+    >>> chunks([b"ab", b"ab", b"abcdefgh", b"a"], max_bytes=6)
+    [(0, 2), (2, 3), (3, 4)]
+    """
+    # values[s:e] joined by commas is ends[e - 1] - ends[s - 1] - 1 bytes long, where ends[i] is
+    # the length of values[:i + 1] plus i + 1: the cuts are found by bisection, not value by value
+    ends = list(map(add, accumulate(map(len, values)), range(1, len(values) + 1)))
+    out = []
+    start, before = 0, 0
+    while start < len(values):
+        end = min(start + max_count, bisect_right(ends, before + max_bytes + 1, start))
+        end = max(end, start + 1)
+        out.append((start, end))
+        start, before = end, ends[end - 1]
     return out
 
 
