@@ -222,11 +222,12 @@ class Entry:
     @classmethod
     def decode(cls, raw: bytes) -> Entry:
         """The entry that :meth:`encode` wrote."""
-        if raw[:1] == b"{":  # a prediction event, validated when it was first applied
-            entry, _ = apply_prediction(None, decode(PredictionEvent, raw))
-            assert entry is not None
-            return entry
-        return cls.from_list(orjson.loads(raw))
+        if raw[:1] == b"[":  # the list form (orjson's, so no leading whitespace)
+            return cls.from_list(orjson.loads(raw))
+        # a prediction event as its producer wrote it, validated when it was first applied
+        entry, _ = apply_prediction(None, decode(PredictionEvent, raw))
+        assert entry is not None
+        return entry
 
     def to_list(self) -> list[Any]:
         """Compact JSON-able form; :meth:`from_list` inverts it."""

@@ -11,7 +11,7 @@ The join is the hot path, so it does not go through Faust's per-event stream mac
 input topics with its own ``aiokafka`` consumer in the group ``<app_id>-join``, in batches
 (``getmany``), and publishes with its own producer. Per fetch the steps are the ones of
 :mod:`streams.agents.partitioned`, done once for all the partitions fetched: apply each
-partition's records (a pure function), checkpoint all the partitions in one atomic Redis write
+partition's records (a pure function), checkpoint all the partitions in one Redis transaction
 together with the messages they produced (each partition's outbox), publish those messages and
 wait for the acks, and only then commit the offsets (every ``COMMIT_INTERVAL`` seconds, as soon
 as a fetch comes back empty, on revocation and at stop): a committed offset means its records'
@@ -201,7 +201,7 @@ class JoinService(Service):
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """Apply one fetch: every partition's records, one round of publishing for all of them,
-        one atomic Redis write for all their checkpoints, then mark their offsets to commit."""
+        one Redis transaction for all their checkpoints, then mark their offsets to commit."""
         assert self.consumer is not None
         by_partition: dict[int, list[tuple[TopicPartition, list[Any]]]] = defaultdict(list)
         for tp, messages in batches.items():

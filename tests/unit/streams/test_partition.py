@@ -178,7 +178,9 @@ def test_checkpoint_round_trip_restores_everything():
 
 def test_a_prediction_waiting_for_its_truth_is_checkpointed_as_it_came():
     s, feed = state(), Feed()
-    waiting = feed("predictions", p("c", scores={"yes": 0.6, "no": 0.4}, tags={"r": "eu"}))
+    # (as a producer may write it: JSON with whitespace around)
+    waiting = feed("predictions", b"\n " + orjson.dumps(p("c", scores={"yes": 0.6, "no": 0.4}, tags={"r": "eu"})),
+                   key="c")
     s.apply_all([waiting, feed("predictions", p("d")), feed("labels", lab("d", "no"))])
     changes = s.changes()
     assert changes.entries["c"] == waiting.value  # the event's own bytes
