@@ -764,18 +764,14 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoints.close()
             servers.stop()
 
-    ratio_raw = result["pipeline_predictions_per_s"] / result["raw_per_s"]
-    result["ratio_vs_raw"] = round(ratio_raw, 4)
-    if result.get("naive_faust_per_s"):
-        result["ratio_vs_naive"] = round(result["pipeline_predictions_per_s"] / result["naive_faust_per_s"], 2)
-    else:
-        result["ratio_vs_naive"] = None
+    naive = result.get("naive_faust_per_s")
+    for prefix, rate in (("", result["pipeline_predictions_per_s"]),
+                         ("full_loop_", result["pipeline_full_loop_predictions_per_s"])):
+        result[f"{prefix}ratio_vs_raw"] = round(rate / result["raw_per_s"], 4)
+        result[f"{prefix}ratio_vs_naive"] = round(rate / naive, 2) if naive else None
     result["wall_seconds"] = round(time.monotonic() - wall0, 1)
-    full = result["pipeline_full_loop_predictions_per_s"]
-    result["full_loop_ratio_vs_raw"] = round(full / result["raw_per_s"], 4)
-    result["full_loop_ratio_vs_naive"] = (round(full / result["naive_faust_per_s"], 2)
-                                          if result.get("naive_faust_per_s") else None)
-    print(f"(c)/(a) predictions/s vs raw:   {ratio_raw:.3f} (whole loop {result['full_loop_ratio_vs_raw']:.3f})")
+    print(f"(c)/(a) predictions/s vs raw:   {result['ratio_vs_raw']:.3f} "
+          f"(whole loop {result['full_loop_ratio_vs_raw']:.3f})")
     if result["ratio_vs_naive"] is not None:
         print(f"(c)/(b) predictions/s vs naive: {result['ratio_vs_naive']:.2f}x "
               f"(whole loop {result['full_loop_ratio_vs_naive']:.2f}x)")

@@ -77,17 +77,15 @@ class Commands(BasicKeyCommands, HashCommands, ListCommands, StreamCommands):
 
     >>> commands = Commands()
     >>> commands.hset("h", mapping={"a": 1}); commands.delete("k")
-    >>> commands.count, b"".join(commands.packed)[:21]
+    >>> len(commands.packed), b"".join(commands.packed)[:21]
     (2, b'*4\\r\\n$4\\r\\nHSET\\r\\n$1\\r\\nh\\r\\n')
     """
 
     def __init__(self) -> None:
         self.packed: list[bytes] = []
-        self.count = 0
 
     def execute_command(self, *args: Any, **options: Any) -> None:
         self.packed.append(resp_command(args))
-        self.count += 1
 
 
 #: ``fill(commands)``: issue a checkpoint's commands on a :class:`Commands`.
@@ -180,7 +178,7 @@ class Fence:
                 await connection.read_response()
             else:
                 await connection.send_packed_command(commands.packed)
-                for _ in range(commands.count - 1):  # OK to MULTI, QUEUED to every command
+                for _ in range(len(commands.packed) - 1):  # OK to MULTI, QUEUED to every command
                     await connection.read_response()
                 replies = await connection.read_response()
         except BaseException:

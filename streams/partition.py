@@ -182,13 +182,13 @@ class PartitionState:
         entry, change = _APPLY[kind](before, event)
         if change.kind in ("conflict", "invalid"):
             return [self._dead(record, change.reason)]
-        if before is None and kind == "predictions" and entry is not None:
-            entry.event = record.value  # checkpointed as it came (see Entry.encode)
         self.counters["rejected_truths"] += change.dropped
         if change.kind == "duplicate":
             self.counters["duplicate_predictions"] += 1
             return []
         assert entry is not None
+        if before is None and kind == "predictions":
+            entry.event = record.value  # checkpointed as it came (see Entry.encode)
         if kind in WATERMARK_INPUTS:
             # a new prediction's time is already read (labels are rarer: read theirs again)
             at = entry.prediction.predicted_at if kind == "predictions" else event.timestamp.timestamp()
