@@ -48,6 +48,7 @@ from typing import Any, Literal, Union
 import orjson
 
 from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, decode
+from feedback_loop.quick_decode import quick_prediction
 
 Target = Union[bool, int, str, float]
 
@@ -207,9 +208,9 @@ class Entry:
         ...        b'"timestamp":"2026-11-22T10:00:00Z","features":{"a":1},"prediction":"yes"}')
         >>> entry, _ = apply_prediction(None, decode(PredictionEvent, raw))
         >>> entry.event = raw
-        >>> entry.encode() == raw, entry.event, Entry.decode(raw) == entry
+        >>> entry.encode() == raw, entry.event, Entry.decode(raw).entry() == entry
         (True, None, True)
-        >>> Entry.decode(entry.encode()) == entry
+        >>> Entry.decode(entry.encode()) == entry  # the list form, now that the event is dropped
         True
         """
         fresh = self.event
@@ -220,11 +221,14 @@ class Entry:
         return orjson.dumps(self.to_list())
 
     @classmethod
-    def decode(cls, raw: bytes) -> Entry:
-        """The entry that :meth:`encode` wrote."""
+    def decode(cls, raw: bytes) -> Entry | Waiting:
+        """The entry that :meth:`encode` (or :meth:`Waiting.encode`) wrote."""
         if raw[:1] == b"[":  # the list form (orjson's, so no leading whitespace)
             return cls.from_list(orjson.loads(raw))
         # a prediction event as its producer wrote it, validated when it was first applied
+        quick = quick_prediction(raw)
+        if quick is not None:
+            return Waiting(quick, raw, quick.timestamp.timestamp())
         entry, _ = apply_prediction(None, decode(PredictionEvent, raw))
         assert entry is not None
         return entry
@@ -258,6 +262,48 @@ class Entry:
             revision,
             first_seen,
         )
+
+
+class Waiting:
+    """A new prediction waiting for its truth, held as it came: the decoded event, its bytes, its
+    time. Most entries are this (every prediction is, until its label), so it is kept lean: the
+    :class:`Entry` is built when truth arrives (:meth:`entry`); the checkpoint is the bytes.
+
+    >>> from feedback_loop.quick_decode import quick_prediction
+    >>> raw = (b'{"prediction_id":"p-1","model":"m","model_version":"1",'
+    ...        b'"timestamp":"2026-11-22T10:00:00Z","features":{"a":1},"prediction":"yes"}')
+    >>> event = quick_prediction(raw)
+    >>> waiting = Waiting(event, raw, event.timestamp.timestamp())
+    >>> waiting.encode() == raw, Entry.decode(raw) == waiting, waiting.entry() == Entry.decode(raw).entry()
+    (True, True, True)
+    >>> waiting.entry().prediction.predicted_at == waiting.predicted_at
+    True
+    """
+
+    __slots__ = ("event", "predicted_at", "raw")
+
+    def __init__(self, event: Any, raw: bytes, predicted_at: float) -> None:
+        self.event, self.raw, self.predicted_at = event, raw, predicted_at
+
+    @property
+    def prediction_id(self) -> str:
+        return self.event.prediction_id
+
+    def entry(self) -> Entry:
+        """The entry of this prediction, as :func:`apply_prediction` makes it."""
+        entry, _ = apply_prediction(None, self.event)
+        assert entry is not None
+        return entry
+
+    def encode(self) -> bytes:
+        """The checkpoint form: the event's bytes (see :meth:`Entry.decode`)."""
+        return self.raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Waiting) and self.raw == other.raw
+
+    def __repr__(self) -> str:
+        return f"Waiting({self.prediction_id!r}, predicted_at={self.predicted_at!r})"
 
 
 def _truth_list(t: Truth) -> list[Any]:

@@ -82,6 +82,55 @@ def outcome_observation(prediction_id: str, model: str, version: str, predicted_
     return monitor_key(model, version), orjson.dumps(obs)
 
 
+def waiting_observation(predicted_at: float, raw: bytes) -> bytes:
+    """A new prediction's observation in compact form: its time and its event's own bytes, as
+    the join received and validated them (no re-encoding). :func:`unpack` expands it into what
+    :func:`prediction_observation` makes of the same event.
+
+    >>> raw = (b'{"prediction_id":"p-1","model":"m","model_version":"1","timestamp":"2026-11-22T10:00:00Z",'
+    ...        b'"features":{"a":1},"prediction":true,"scores":{"true":0.75,"false":0.25},"tags":{"r":"eu"}}')
+    >>> waiting_observation(1795346400.0, raw)[:40]
+    b'{"k":"P","t":1795346400.0,"e":{"predicti'
+    >>> unpack(waiting_observation(1795346400.0, raw)) == [decode(prediction_observation(
+    ...     "p-1", "m", "1", 1795346400.0, {"a": 1}, "true", 0.75, {"true": 0.75, "false": 0.25}, {"r": "eu"})[1])]
+    True
+    """
+    return b'{"k":"P","t":%b,"e":%b}' % (orjson.dumps(predicted_at), raw)
+
+
+def _class_key(value: Any) -> str:
+    if value is True or value is False:
+        return "true" if value else "false"
+    return str(value)
+
+
+def expand(obs: dict[str, Any]) -> dict[str, Any]:
+    """A compact prediction observation (:func:`waiting_observation`) as
+    :func:`prediction_observation` writes it; any other observation as it is."""
+    if obs.get("k") != "P":
+        return obs
+    event = obs["e"]
+    prediction = event["prediction"]
+    regression = type(prediction) is float
+    value = prediction if regression else _class_key(prediction)
+    scores = event.get("scores")
+    confidence = event.get("confidence")
+    if confidence is None and scores and not regression:
+        confidence = scores.get(value)
+    out: dict[str, Any] = {"k": "p", "m": event["model"], "v": event["model_version"], "id": event["prediction_id"],
+                           "t": obs["t"], "x": event["features"], "y": value,
+                           "c": float(confidence) if type(confidence) is int else confidence}
+    if scores:
+        out["s"] = scores
+    tags = event.get("tags")
+    if tags:
+        out["tg"] = tags
+    challenger = event.get("challenger")
+    if isinstance(challenger, dict) and "prediction" in challenger:
+        out["sh"] = {"y": challenger["prediction"], "c": challenger.get("confidence")}
+    return out
+
+
 def decode(raw: bytes) -> dict[str, Any]:
     return orjson.loads(raw)
 
@@ -190,7 +239,7 @@ def unpack(raw: bytes | None) -> list[Any]:
     """
     value = orjson.loads(raw or b"")
     if isinstance(value, list):
-        return value
+        return [expand(obs) if type(obs) is dict and obs.get("k") == "P" else obs for obs in value]
     if isinstance(value, dict):
-        return [value]
+        return [expand(value)]
     raise TypeError(f"a monitor observation is a JSON object or an array of them, not {type(value).__name__}")

@@ -28,10 +28,11 @@ import orjson
 
 from feedback_loop.errors import InvalidEventError
 from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, dead_letter, decode
+from feedback_loop.quick_decode import QuickPrediction, quick_label, quick_prediction
 from feedback_loop.metrics import Accumulator, RollingWindow, Sample, make_sample
 from streams import join
-from streams.join import Entry
-from streams.observations import outcome_observation, prediction_observation
+from streams.join import Entry, Waiting
+from streams.observations import monitor_key, outcome_observation, prediction_observation, waiting_observation
 
 #: (model, model_version, tag name, tag value); ("", "") for the whole model version.
 AggKey = tuple[str, str, str, str]
@@ -39,6 +40,8 @@ AggKey = tuple[str, str, str, str]
 #: The inputs whose event times drive the watermark.
 WATERMARK_INPUTS = ("predictions", "labels")
 SOURCES = {"predictions": PredictionEvent, "labels": LabelEvent, "review-flags": ReviewFlag}
+#: Decoders of the usual shape of an input, without pydantic (``None``: use ``decode``).
+_QUICK = {"predictions": quick_prediction, "labels": quick_label}
 _APPLY = {"predictions": join.apply_prediction, "labels": join.apply_label,
           "review-flags": join.apply_review}
 
@@ -141,13 +144,16 @@ class PartitionState:
     max_event_bytes: int = 1_000_000
     idle_seconds: float = 30.0
     topic_kinds: dict[str, str] = field(default_factory=lambda: {k: k for k in SOURCES})
-    entries: dict[str, Entry] = field(default_factory=dict)
+    entries: dict[str, Entry | Waiting] = field(default_factory=dict)
     aggregates: dict[AggKey, Aggregate] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     watermark: float = float("-inf")
     #: largest event time seen per input that drives the watermark, and when it was last fed (wall s)
     input_high: dict[str, float] = field(default_factory=dict)
     input_seen: dict[str, float] = field(default_factory=dict)
+    #: decode predictions and labels with :mod:`feedback_loop.quick_decode` where it can (False:
+    #: every record through pydantic and the general path, the reference the short path is tested against)
+    quick: bool = True
     counters: dict[str, int] = field(default_factory=lambda: {
         "orphan_labels": 0, "duplicate_predictions": 0, "dead_letters": 0, "retired_outcomes": 0,
         "rejected_truths": 0})
@@ -165,20 +171,36 @@ class PartitionState:
         """Apply one record at wall time ``now``; return the outcomes and dead letters it produces.
 
         ``record`` is a :class:`Record` or anything with its fields (the join passes aiokafka's
-        records as they are)."""
-        last = self.offsets.get(record.topic)
+        records as they are).
+
+        A new prediction in the usual shape (:func:`~feedback_loop.quick_decode.quick_prediction`)
+        under an id not seen yet, the most common record by far, takes a short path
+        (:meth:`_wait`) to the same state and messages as the general one, which takes the rest.
+        """
+        topic = record.topic
+        last = self.offsets.get(topic)
         if last is not None and record.offset <= last:
             return []  # already applied before a restart or rebalance
-        self.offsets[record.topic] = record.offset
-        kind = self.topic_kinds.get(record.topic)
+        self.offsets[topic] = record.offset
+        kind = self.topic_kinds.get(topic)
+        event = None
+        if kind == "predictions" and self.quick:
+            value = record.value
+            if value is not None and len(value) <= self.max_event_bytes:
+                event = quick_prediction(value)
+                if (event is not None and record.key == event.prediction_id.encode()
+                        and event.prediction_id not in self.entries):
+                    return self._wait(event, value, now)
         if kind is None:
             return [self._dead(record, f"topic {record.topic!r} is not a join input")]
         try:
-            event = self._decode(kind, record)
+            event = self._decode(kind, record, event)
         except InvalidEventError as exc:
             return [self._dead(record, exc.reason)]
         pid = event.prediction_id
         before = self.entries.get(pid)
+        if type(before) is Waiting:
+            before = before.entry()
         entry, change = _APPLY[kind](before, event)
         if change.kind in ("conflict", "invalid"):
             return [self._dead(record, change.reason)]
@@ -218,6 +240,31 @@ class PartitionState:
             p.confidence, entry.revision, label, verdict.source, p.features, _value(p.prediction), p.scores,
             label is not None and (previous is None or previous.label is None))))
         return out
+
+    def _wait(self, event: QuickPrediction, raw: bytes, now: float) -> list[Emit]:
+        """A new prediction: it waits for its truth as it came (:class:`~streams.join.Waiting`)."""
+        pid = event.prediction_id
+        at = event.timestamp.timestamp()
+        self.entries[pid] = Waiting(event, raw, at)
+        self._dirty.add(pid)
+        self._removed.discard(pid)
+        heapq.heappush(self._deadlines, (at + self.ttl, pid))
+        high = self.input_high.get("predictions")
+        if high is None or at > high:
+            self.input_high["predictions"] = at
+        self.input_seen["predictions"] = now
+        model, version = event.model, event.model_version
+        aggregates, dirty = self.aggregates, self._dirty_aggs
+        key: AggKey = (model, version, "", "")
+        for name, tag in ((None, None), *event.tags.items()):
+            if name is not None:
+                key = (model, version, name, tag)
+            agg = aggregates.get(key)
+            if agg is None:
+                agg = self._aggregate(key)
+            dirty.add(key)
+            agg.predictions += 1
+        return [Emit("monitor-input", monitor_key(model, version), waiting_observation(at, raw))]
 
     def apply_all(self, records: Iterable[Record], now: float = 0.0) -> list[Emit]:
         """Apply records in order, then expire what the advanced watermark makes due."""
@@ -262,6 +309,8 @@ class PartitionState:
             self._dirty.discard(pid)
             self._removed.add(pid)
             done += 1
+            if type(entry) is Waiting:
+                entry = entry.entry()
             if entry.prediction is None:
                 self.counters["orphan_labels"] += 1
             elif entry.verdict is None:
@@ -271,11 +320,15 @@ class PartitionState:
                 self.counters["retired_outcomes"] += 1
         return done
 
-    def _decode(self, kind: str, record: Record) -> Any:
+    def _decode(self, kind: str, record: Record, event: Any = None) -> Any:
+        """The record's event (``event``: already decoded by the short path), validated."""
         if record.value is not None and len(record.value) > self.max_event_bytes:
             raise InvalidEventError(
                 f"message of {len(record.value)} bytes exceeds max_event_bytes={self.max_event_bytes}")
-        event = decode(SOURCES[kind], record.value)
+        if event is None:
+            quick = _QUICK.get(kind) if self.quick else None
+            event = (quick(record.value) if quick is not None and record.value is not None else None) or decode(
+                SOURCES[kind], record.value)
         if record.key is None or record.key != event.prediction_id.encode():
             got = "no key" if record.key is None else f"key {record.key.decode('utf-8', 'replace')!r}"
             raise InvalidEventError(
@@ -312,7 +365,9 @@ class PartitionState:
             agg = self.aggregates[key] = Aggregate.empty(self.window_size)
         return agg
 
-    def _deadline(self, entry: Entry) -> float:
+    def _deadline(self, entry: Entry | Waiting) -> float:
+        if type(entry) is Waiting:
+            return entry.predicted_at + self.ttl
         if entry.prediction is None:
             return entry.first_seen + self.ttl
         if entry.verdict is None:

@@ -37,7 +37,10 @@ Replicates are count vectors over the reference's distinct values (a
 multinomial when there are few of them, else an index draw and a
 ``bincount``), scored by the vectorised ``*_from_counts`` functions of
 :mod:`feedback_loop.drift.statistics`, in blocks of bounded memory: time
-``O(B * (n + w))`` (plus a sort per replicate for ``"ks"``).
+``O(B * (n + w))``. ``"ks"`` on a reference with unique values needs the
+draws' order: each replicate's draws become integer sort keys (position,
+random offset in the gap, side), and numpy sorts the rows of keys, which is
+several times cheaper than ordering positions with ``argsort``.
 
 """
 
@@ -118,16 +121,28 @@ def _bincount_rows(idx: NDArray[np.intp], u: int) -> NDArray[np.int64]:
     return np.bincount(flat, minlength=rows * u).reshape(rows, u)
 
 
-def _ks_of_positions(ref_pos: NDArray[np.float64], win_pos: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Row-wise KS ``D`` of two samples given as positions; equal positions tie."""
-    n, w = ref_pos.shape[1], win_pos.shape[1]
-    pos = np.concatenate([ref_pos, win_pos], axis=1)
-    order = np.argsort(pos, axis=1)
-    sorted_pos = np.take_along_axis(pos, order, axis=1)
-    walk = np.cumsum(np.where(order < n, w, -n), axis=1)
-    last = np.ones(pos.shape, dtype=bool)
-    last[:, :-1] = sorted_pos[:, 1:] != sorted_pos[:, :-1]
-    return np.abs(np.where(last, walk, 0)).max(axis=1) / (n * w)
+def _ks_of_keys(keys: NDArray[np.integer], n: int, w: int) -> NDArray[np.float64]:
+    """Row-wise KS ``D`` of merged samples given as sort keys.
+
+    A key is ``position << 1 | side`` (side 0: reference, 1: window); equal positions tie, so
+    the walk is read only at the last key of each run of equal positions. ``keys`` is sorted in
+    place.
+    """
+    keys.sort(axis=1)  # numpy sorts integer rows with SIMD: several times faster than argsort
+    wide = np.int64 if n * w >= 2**31 else np.int32
+    walk = np.where(keys & 1, wide(-n), wide(w))
+    np.cumsum(walk, axis=1, out=walk)
+    position = keys >> 1
+    inner = position[:, 1:] == position[:, :-1]  # not the last of its run: the walk is mid-tie
+    np.abs(walk, out=walk)
+    walk[:, :-1][inner] = 0
+    return walk.max(axis=1) / (n * w)
+
+
+def _ks_counts(rc: NDArray[np.int64], wc: NDArray[np.int64], n: int, w: int) -> NDArray[np.float64]:
+    """Row-wise KS ``D`` from counts over the reference's atoms (every atom a tie)."""
+    walk = np.cumsum(rc * w - wc * n, axis=1)
+    return np.abs(walk).max(axis=1) / (n * w)
 
 
 def _categorical(
@@ -176,26 +191,33 @@ def _numeric(
     n = values.size
     support, first, inverse, atom_counts = np.unique(values, return_index=True, return_inverse=True, return_counts=True)
     u = support.size
-    need_counts = "psi" in tests or "wasserstein" in tests
     starts = bin_starts(psi_edges(values), support) if "psi" in tests else None
     scale = float(wasserstein_scale(support, atom_counts))
-    # KS positions: sorted index of the value's first copy, plus a uniform jitter for unique values
-    tie_pos = first[inverse].astype(np.float64)
-    jitter = (atom_counts == 1)[inverse].astype(np.float64)
     out = {t: np.empty(n_resamples, dtype=np.float64) for t in tests}
-    block = max(1, _BLOCK_CELLS // (n + w))
+    # KS needs the draws' order where the reference has unique values (a draw gets a random
+    # position in its value's gap); everything else needs only the counts over the atoms
+    ordered = "ks" in tests and bool((atom_counts == 1).any())
+    if ordered:
+        keys = _KeyMaker(first[inverse], atom_counts[inverse] == 1, n, w)
+    block = max(1, _BLOCK_CELLS // (n + w if ordered else max(u, n + w)))
     for lo in range(0, n_resamples, block):
         rows = min(block, n_resamples - lo)
-        ridx = rng.integers(0, n, size=(rows, n)) if resample_reference else np.broadcast_to(np.arange(n), (rows, n))
-        widx = rng.integers(0, n, size=(rows, w))
-        if need_counts:
-            rc = _bincount_rows(inverse[ridx], u)
-            wc = _bincount_rows(inverse[widx], u)
+        if ordered:
+            raw = rng.bit_generator.random_raw((rows, n + w))
+            idx = ((raw >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32)  # uniform in [0, n)
+            if not resample_reference:
+                idx[:, :n] = np.arange(n, dtype=np.uint64)
+            if len(tests) > 1:
+                rc = _bincount_rows(inverse[idx[:, :n]], u)
+                wc = _bincount_rows(inverse[idx[:, n:]], u)
+        else:
+            rc = _draw_counts(atom_counts, inverse, n, rows, rng) if resample_reference else np.broadcast_to(
+                atom_counts, (rows, u))
+            wc = _draw_counts(atom_counts, inverse, w, rows, rng)
         for t in tests:
             if t == "ks":
-                rpos = tie_pos[ridx] + jitter[ridx] * (rng.random((rows, n)) if resample_reference else 0.5)
-                wpos = tie_pos[widx] + jitter[widx] * rng.random((rows, w))
-                stat = _ks_of_positions(rpos, wpos)
+                stat = _ks_of_keys(keys.make(idx, raw, resample_reference), n, w) if ordered else _ks_counts(
+                    rc, wc, n, w)
             elif t == "wasserstein":
                 stat = wasserstein_from_counts(support, rc, wc)
                 if resample_reference:
@@ -207,6 +229,49 @@ def _numeric(
                 )
             out[t][lo : lo + rows] = stat
     return out
+
+
+def _draw_counts(atom_counts: NDArray[np.int64], inverse: NDArray[np.intp], size: int, rows: int,
+                 rng: np.random.Generator) -> NDArray[np.int64]:
+    """Counts over the atoms of ``rows`` samples of ``size`` draws with replacement from the reference."""
+    n, u = int(atom_counts.sum()), atom_counts.size
+    if u * 4 <= size:
+        return rng.multinomial(size, atom_counts / n, size=rows)
+    return _bincount_rows(inverse[rng.integers(0, n, size=(rows, size))], u)
+
+
+class _KeyMaker:
+    """Sort keys of bootstrap draws for :func:`_ks_of_keys`.
+
+    A draw of reference value ``i`` sits at the sorted index of its value's first copy; a draw of
+    a value unique in the reference also gets a uniform random offset in its gap (its low random
+    bits), so draws of one unique value do not tie; draws of a value tied in the reference tie.
+    Keys are 32-bit when the positions leave at least 19 bits for the offset (references of up
+    to 2,048 values: a chance of about 2e-6 that two draws of one value share an offset), else
+    64-bit with 31 bits of offset.
+    """
+
+    def __init__(self, tie_pos: NDArray[np.intp], unique: NDArray[np.bool_], n: int, w: int) -> None:
+        pos_bits = max(1, int(n - 1).bit_length())
+        if pos_bits <= 11:
+            self.dtype, self.offset_bits = np.int32, 30 - pos_bits
+        else:
+            self.dtype, self.offset_bits = np.int64, min(31, 62 - pos_bits)
+        self.base = (tie_pos.astype(np.int64) << (self.offset_bits + 1)).astype(self.dtype)
+        self.mask = np.where(unique, ((1 << self.offset_bits) - 1) << 1, 0).astype(self.dtype)
+        self.side = np.zeros(n + w, dtype=self.dtype)
+        self.side[n:] = 1
+        self.middle = self.base[:n] | (self.mask[:n] & self.dtype(1 << self.offset_bits))
+        self.n = n
+
+    def make(self, idx: NDArray[np.uint64], raw: NDArray[np.uint64], resample_reference: bool) -> NDArray[np.integer]:
+        offsets = (raw & np.uint64((1 << self.offset_bits) - 1)).astype(self.dtype) << 1
+        keys = self.base[idx]
+        keys |= self.mask[idx] & offsets
+        keys |= self.side
+        if not resample_reference:  # the reference itself, each unique value mid-gap
+            keys[:, : self.n] = self.middle
+        return keys
 
 
 def null_distribution(

@@ -37,6 +37,7 @@ from feedback_loop.drift.bootstrap import kind_of_tests, null_distribution
 from feedback_loop.drift.ks_exact import ks_exact_threshold
 
 __all__ = [
+    "EXACT_KS_MAX_TIE",
     "MIN_TAIL",
     "bonferroni",
     "calibrate",
@@ -46,6 +47,10 @@ __all__ = [
 
 #: Minimum number of bootstrap replicates above a calibrated threshold.
 MIN_TAIL = 5
+
+#: Largest share of the reference one value may hold for ``"ks"`` to use the exact tie-free
+#: distribution (see the module notes).
+EXACT_KS_MAX_TIE = 0.01
 
 
 def bonferroni(false_alarm_rate: float, pairs: int) -> float:
@@ -128,11 +133,13 @@ def calibrate(
     n_resamples
         Minimum number of bootstrap replicates, raised by :func:`resamples_for`.
     exact_ks
-        For ``"ks"`` on a numeric reference without ties (and the two-sample
-        null), use the exact distribution instead of the bootstrap.
+        For ``"ks"`` on a numeric reference whose most repeated value holds at
+        most :data:`EXACT_KS_MAX_TIE` of it (and the two-sample null), use the
+        exact tie-free distribution instead of the bootstrap.
     memo
-        Optional cache of exact KS thresholds by ``(n, window_size, alpha)``,
-        shared between features of equal sizes.
+        Optional cache of exact KS thresholds by ``(n, window_size, alpha)``
+        (they are also kept for the process's life by
+        :func:`~feedback_loop.drift.ks_exact.ks_exact_threshold`).
 
     Examples
     --------
@@ -159,7 +166,7 @@ def calibrate(
     if kind == "numeric" and "ks" in rest and exact_ks and resample_reference:
         values = np.asarray(reference, dtype=np.float64).ravel()
         n = values.size
-        if n and np.unique(values).size == n:
+        if n and np.unique(values, return_counts=True)[1].max() <= max(1.0, EXACT_KS_MAX_TIE * n):
             key = (n, int(window_size), float(alpha))
             if memo is not None and key in memo:
                 thresholds["ks"] = memo[key]

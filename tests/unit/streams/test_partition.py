@@ -7,6 +7,7 @@ import base64
 import orjson
 import pytest
 
+from streams.observations import unpack
 from streams.partition import PartitionState, Record, encode_agg_key
 
 HOUR = 3600.0
@@ -59,9 +60,11 @@ def test_outcome_and_metrics_follow_revisions():
                        feed("labels", lab("a", "no"))])
     assert kinds(out) == ["monitor-input", "outcomes", "monitor-input"]
     assert orjson.loads(out[1].value)["revision"] == 1
-    assert orjson.loads(out[0].value) == {"k": "p", "m": "m", "v": "1", "id": "a", "t": 1795305600.0,
-                                          "x": {}, "y": "yes", "c": 0.9,
-                                          "s": {"yes": 0.9, "no": 0.1}, "tg": {"r": "eu"}}
+    # a new prediction's observation travels compact (its event's bytes) and reads as the full form
+    assert orjson.loads(out[0].value)["k"] == "P"
+    assert unpack(out[0].value) == [{"k": "p", "m": "m", "v": "1", "id": "a", "t": 1795305600.0,
+                                     "x": {}, "y": "yes", "c": 0.9,
+                                     "s": {"yes": 0.9, "no": 0.1}, "tg": {"r": "eu"}}]
     assert orjson.loads(out[2].value) == {
         "k": "o", "m": "m", "v": "1", "id": "a", "t": 1795309200.0, "pt": 1795305600.0, "ok": False,
         "c": 0.9, "r": 1, "l": "no", "src": "label", "y": "yes", "s": {"yes": 0.9, "no": 0.1}, "lf": True}
