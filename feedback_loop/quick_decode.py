@@ -42,6 +42,9 @@ _Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 #: RFC 3339 text, read by msgspec's parser once :func:`_aware` has looked at its length
 _Stamp = Annotated[str, msgspec.Meta(min_length=20, max_length=32)]
 _Target = Union[bool, int, str, float]
+#: a prediction travels on as the event's own bytes, which orjson reads: it reads an integer past
+#: 64 bits as a float, and a float prediction is a regression; such events go through pydantic
+_Prediction = Union[bool, Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], str, float]
 #: field name -> JSON name: ``stamp`` is the event's ``timestamp`` text; ``timestamp``, its reading
 _RENAME = {"stamp": "timestamp", "timestamp": "__timestamp_read"}  # (set after decoding, always)
 
@@ -54,7 +57,7 @@ class QuickPrediction(msgspec.Struct, rename=_RENAME):
     model_version: _Text
     stamp: _Stamp
     features: dict[str, Any]
-    prediction: _Target
+    prediction: _Prediction
     scores: Union[dict[str, _Probability], None] = None
     confidence: Union[_Probability, None] = None
     tags: dict[str, str] = {}

@@ -47,7 +47,7 @@ from typing import Any, Literal, Union
 
 import orjson
 
-from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, decode
+from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, decode, json_bytes
 from feedback_loop.quick_decode import quick_prediction
 
 Target = Union[bool, int, str, float]
@@ -94,7 +94,7 @@ def iso(moment: datetime) -> str:
 
 
 def _features_digest(features: dict[str, Any]) -> str:
-    return hashlib.blake2b(orjson.dumps(features, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+    return hashlib.blake2b(json_bytes(features, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
 
 
 def confidence_of(event: PredictionEvent) -> float | None:
@@ -218,7 +218,7 @@ class Entry:
             self.event = None
             if self.label is None and self.review is None and self.verdict is None:
                 return fresh
-        return orjson.dumps(self.to_list())
+        return json_bytes(self.to_list())
 
     @classmethod
     def decode(cls, raw: bytes) -> Entry | Waiting:

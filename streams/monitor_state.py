@@ -21,6 +21,7 @@ from feedback_loop.events import (
     ModelUpdate,
     ReviewRequest,
     dead_letter,
+    json_bytes,
     utc_iso,
 )
 from feedback_loop.routing.router import Router, RoutingConfig
@@ -85,9 +86,9 @@ class MonitorPartition:
         for index, obs in enumerate(observations):
             try:
                 out.extend(self._observe(obs))
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
                 where = "" if len(observations) == 1 else f" (item {index} of {len(observations)})"
-                out.append(self._dead(record, orjson.dumps(obs), f"monitor observation{where}: {exc!r}"))
+                out.append(self._dead(record, json_bytes(obs), f"monitor observation{where}: {exc!r}"))
         return out
 
     def _dead(self, record: Record, payload: bytes | None, reason: str) -> Emit:

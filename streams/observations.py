@@ -27,7 +27,10 @@ from itertools import accumulate
 from operator import add
 from typing import Any, Iterable
 
+import msgspec
 import orjson
+
+from feedback_loop.events import json_bytes
 
 SEPARATOR = "\x1f"
 #: Most observations, and about the most bytes, in one packed ``monitor-input`` message.
@@ -58,7 +61,7 @@ def prediction_observation(prediction_id: str, model: str, version: str, predict
         obs["lab"] = True
     if isinstance(challenger, dict) and "prediction" in challenger:
         obs["sh"] = {"y": challenger["prediction"], "c": challenger.get("confidence")}
-    return monitor_key(model, version), orjson.dumps(obs)
+    return monitor_key(model, version), json_bytes(obs)
 
 
 def outcome_observation(prediction_id: str, model: str, version: str, predicted_at: float,
@@ -79,7 +82,7 @@ def outcome_observation(prediction_id: str, model: str, version: str, predicted_
         obs["s"] = scores
     if first_label:
         obs["lf"] = True
-    return monitor_key(model, version), orjson.dumps(obs)
+    return monitor_key(model, version), json_bytes(obs)
 
 
 def waiting_observation(predicted_at: float, raw: bytes) -> bytes:
@@ -237,7 +240,15 @@ def unpack(raw: bytes | None) -> list[Any]:
     >>> unpack(b'[{"k":"p"},{"k":"o"}]'), unpack(b'{"k":"c"}')
     ([{'k': 'p'}, {'k': 'o'}], [{'k': 'c'}])
     """
-    value = orjson.loads(raw or b"")
+    try:
+        value = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        # orjson reads no integer past the float range; msgspec does (a prediction's raw event
+        # may hold one): one such value must not cost the other observations of the message
+        try:
+            value = msgspec.json.decode(raw or b"")
+        except msgspec.DecodeError:
+            raise exc from None
     if isinstance(value, list):
         return [expand(obs) if type(obs) is dict and obs.get("k") == "P" else obs for obs in value]
     if isinstance(value, dict):

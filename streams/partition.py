@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import orjson
 
 from feedback_loop.errors import InvalidEventError
-from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, dead_letter, decode
+from feedback_loop.events import LabelEvent, PredictionEvent, ReviewFlag, dead_letter, decode, json_bytes
 from feedback_loop.quick_decode import QuickPrediction, quick_label, quick_prediction
 from feedback_loop.metrics import Accumulator, RollingWindow, Sample, make_sample
 from streams import join
@@ -231,7 +231,7 @@ class PartitionState:
         self._count(entry, change.previous)
         assert p is not None and entry.verdict is not None
         verdict, previous = entry.verdict, change.previous
-        out.append(Emit("outcomes", pid.encode(), orjson.dumps(join.outcome(entry))))
+        out.append(Emit("outcomes", pid.encode(), json_bytes(join.outcome(entry))))
         regression = join.is_regression(p.prediction)
         label = None if verdict.label is None else (
             float(verdict.label) if regression else join.class_key(verdict.label))

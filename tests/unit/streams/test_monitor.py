@@ -208,3 +208,21 @@ def test_estimates_are_reconciled_with_the_labels_that_land():
     restored, _ = ModelMonitor.from_bytes(monitor.to_bytes(SIGNER), config(estimate_window=100), SIGNER,
                                           monitor.references_bytes())
     assert list(restored.reconciled) == list(monitor.reconciled) and restored.closed_ids == monitor.closed_ids
+
+
+def test_a_number_past_the_float_range_costs_only_its_own_observation():
+    """orjson reads no such integer; the message is read by msgspec then, and only the observation
+    holding it becomes a dead letter."""
+    from streams.observations import waiting_observation
+
+    def event(i: int, f: object) -> bytes:
+        return (b'{"prediction_id":"p-%d","model":"m","model_version":"1","timestamp":"2026-11-22T10:00:00Z",'
+                b'"features":{"f":%b},"prediction":"yes","scores":{"yes":0.75,"no":0.25}}' % (i, str(f).encode()))
+
+    packed = b"[" + b",".join(waiting_observation(1795341600.0 + i, event(i, 10**400 if i == 1 else i))
+                              for i in range(3)) + b"]"
+    part = MonitorPartition(0, config(), "e")
+    (letter,) = part.apply_all([Record("monitor-input", 0, 0, b"m", packed)])
+    body = orjson.loads(letter.value)
+    assert letter.kind == "dead-letters" and "item 1 of 3" in body["reason"] and "OverflowError" in body["reason"]
+    assert part.observed == 3 and part.monitors[("m", "1")].features.rows_in_window == 2

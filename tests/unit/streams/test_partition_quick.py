@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,8 +34,8 @@ def records(draw: Any) -> list[Record]:
         if topic == "predictions":
             body: dict[str, Any] = {"prediction_id": pid, "model": draw(st.sampled_from(["m", "n"])),
                                     "model_version": "1", "timestamp": _ts(minute, style),
-                                    "features": {"f": draw(st.integers(0, 3)), "g": "x"},
-                                    "prediction": draw(st.sampled_from(["yes", "no", 1, True, 2.5]))}
+                                    "features": {"f": draw(st.sampled_from([0, 1, 2, 3, 2**70, -2**64])), "g": "x"},
+                                    "prediction": draw(st.sampled_from(["yes", "no", 1, True, 2.5, 2**65]))}
             if draw(st.booleans()):
                 body["scores"] = draw(st.sampled_from([{"yes": 0.75, "no": 0.25}, {"1": 1, "true": 0.5}, {}]))
             if draw(st.booleans()):
@@ -43,12 +45,12 @@ def records(draw: Any) -> list[Record]:
             if draw(st.booleans()):
                 body["challenger"] = {"prediction": "no", "confidence": 0.8}
         elif topic == "labels":
-            body = {"prediction_id": pid, "label": draw(st.sampled_from(["yes", "no", 1, 2.0, "x"])),
+            body = {"prediction_id": pid, "label": draw(st.sampled_from(["yes", "no", 1, 2.0, "x", 2**65])),
                     "timestamp": _ts(minute, style)}
         else:
             body = {"prediction_id": pid, "reviewer": "ana", "verdict": draw(st.sampled_from(["error", "correct"])),
                     "timestamp": _ts(minute, style)}
-        value = orjson.dumps(body)
+        value = json.dumps(body).encode()
         if draw(st.integers(0, 15)) == 0:
             value = value[:-3]  # malformed
         key = draw(st.sampled_from([pid, pid, pid, "other", None]))
