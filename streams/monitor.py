@@ -171,6 +171,46 @@ class ModelMonitor:
             return self._on_prediction(obs)
         return self._on_outcome(obs)
 
+    def observe_predictions(self, run: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+        """:meth:`observe` of each prediction observation of ``run`` in turn, a pass per detector;
+        the alerts raised, by index into ``run`` (the same alerts, in the same order per
+        observation).
+
+        The observations are read before anything changes: if one is malformed (no ``"t"``,
+        features that are not an object, a confidence outside ``[0, 1]``) this raises and the
+        monitor is as it was, so the caller can take the observations one by one instead.
+        """
+        times = [obs["t"] for obs in run]
+        rows = [obs["x"] or {} for obs in run]
+        values = [obs["y"] for obs in run]
+        rated = [(i, obs["id"], obs["c"]) for i, obs in enumerate(run) if obs["c"] is not None]
+        if not all(type(x) is dict for x in rows) or not all(0.0 <= c <= 1.0 for _, _, c in rated):
+            raise ValueError("malformed prediction observation")
+        raised: dict[int, list[dict[str, Any]]] = {}
+        for i, results in self.features.update_many(rows):
+            for result in results:
+                if alerts := self._judge("data", result, times[i]):
+                    raised.setdefault(i, []).extend(alerts)
+        estimator, done = self.estimator, 0
+        while done < len(rated):
+            chunk = rated[done:done + max(1, estimator.window_size - estimator.window_count)]
+            ids = [pid for _, pid, _ in chunk]
+            estimator.observe_predictions(ids, [c for _, _, c in chunk])
+            self.open_ids.extend(ids)
+            done += len(chunk)
+            if estimator.is_full:
+                window = estimator.close_window()
+                if window is not None and (alerts := self._on_estimate(window, times[chunk[-1][0]])):
+                    raised.setdefault(chunk[-1][0], []).extend(alerts)
+        confidences = [obs["c"] for obs in run]
+        rows = [{"prediction": y} if c is None else {"prediction": y, "confidence": c}
+                for y, c in zip(values, confidences)]
+        for i, results in self.predictions.update_many(rows):
+            for result in results:
+                if alerts := self._judge("prediction", result, times[i]):
+                    raised.setdefault(i, []).extend(alerts)
+        return raised
+
     def _on_prediction(self, obs: dict[str, Any]) -> list[dict[str, Any]]:
         at = obs["t"]
         out: list[dict[str, Any]] = []

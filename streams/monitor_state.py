@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -28,7 +28,7 @@ from feedback_loop.routing.router import Router, RoutingConfig
 from feedback_loop.signing import Signer
 from online_models.learner import LearnerConfig, ModelLearner
 from streams.monitor import ModelMonitor, MonitorConfig
-from streams.observations import SEPARATOR, unpack
+from streams.observations import SEPARATOR, read
 from streams.partition import Emit, Record
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,19 @@ class MonitorChanges(NamedTuple):
     routers: dict[bytes, bytes]
     learners: dict[bytes, bytes]
     learner_reports: dict[bytes, bytes]
+
+
+#: What a malformed observation raises; it becomes a dead letter of its own.
+_BAD_OBSERVATION = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+def _plain_prediction(obs: Any) -> tuple[str, str] | None:
+    """The (model, version) of a prediction observation of the usual shape, else ``None``."""
+    if type(obs) is dict and obs.get("k") == "p":
+        model, version = obs.get("m"), obs.get("v")
+        if type(model) is str and type(version) is str:
+            return model, version
+    return None
 
 
 @dataclass
@@ -78,17 +91,80 @@ class MonitorPartition:
             return []
         self.offsets[record.topic] = record.offset
         try:
-            observations = unpack(record.value)
+            observations, usual = read(record.value)
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             return [self._dead(record, record.value, f"monitor observation: {exc!r}")]
         out: list[Emit] = []
         self.observed += len(observations)
-        for index, obs in enumerate(observations):
+        index, count = 0, len(observations)
+        while index < count:
+            obs = observations[index]
+            ident = _plain_prediction(obs) if usual else None
+            if ident is not None and ident[0] not in self.learning:
+                # a run of predictions of one model version: each detector takes it in one pass
+                end = index + 1
+                while end < count and _plain_prediction(observations[end]) == ident:
+                    end += 1
+                emits = self._observe_predictions(ident, observations[index:end], record, index, count)
+                if emits is not None:
+                    out.extend(emits)
+                    index = end
+                    continue
             try:
                 out.extend(self._observe(obs))
-            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-                where = "" if len(observations) == 1 else f" (item {index} of {len(observations)})"
-                out.append(self._dead(record, json_bytes(obs), f"monitor observation{where}: {exc!r}"))
+            except _BAD_OBSERVATION as exc:
+                out.append(self._bad(record, obs, index, count, exc))
+            index += 1
+        return out
+
+    def _bad(self, record: Record, obs: Any, index: int, count: int, exc: Exception) -> Emit:
+        where = "" if count == 1 else f" (item {index} of {count})"
+        return self._dead(record, json_bytes(obs), f"monitor observation{where}: {exc!r}")
+
+    def _observe_predictions(self, ident: tuple[str, str], run: list[dict], record: Record, first: int,
+                             count: int) -> list[Emit] | None:
+        """:meth:`_observe` of a run of predictions of one version of a model without learners;
+        ``None`` (nothing changed) when an observation of it is malformed: the caller then takes
+        them one by one."""
+        monitor = self.monitors.get(ident)
+        if monitor is None:
+            monitor = self.monitors[ident] = ModelMonitor(ident[0], ident[1], self.config, self.epoch)
+        try:
+            raised = monitor.observe_predictions(run)
+        except _BAD_OBSERVATION:
+            return None
+        self._dirty.add(ident)
+        router = None
+        if self.routing is not None:
+            router = self.routers.get(ident)
+            if router is None:
+                router = self.routers[ident] = Router(ident[0], ident[1], self.routing)
+        out: list[Emit] = []
+        for offset, obs in enumerate(run):
+            alerts = raised.get(offset, ())
+            if router is not None:
+                try:
+                    if any(alert["status"] == "firing" for alert in alerts):
+                        router.on_alert()
+                    requests = router.on_prediction(obs)
+                except _BAD_OBSERVATION as exc:
+                    out.append(self._bad(record, obs, first + offset, count, exc))
+                    requests = []
+            else:
+                requests = []
+            if alerts or requests:
+                out.extend(self._emits(alerts, requests))
+        return out
+
+    def _emits(self, alerts: list[dict], requests: list[dict]) -> list[Emit]:
+        out = []
+        for alert in alerts:
+            body = DriftAlert.model_validate(alert).to_json()
+            self.alerts.append(body)
+            out.append(Emit("drift-alerts", alert["model"].encode(), body))
+        for request in requests:
+            out.append(Emit("review-queue", request["prediction_id"].encode(),
+                            ReviewRequest.model_validate(request).to_json()))
         return out
 
     def _dead(self, record: Record, payload: bytes | None, reason: str) -> Emit:
@@ -107,15 +183,7 @@ class MonitorPartition:
         raised = monitor.observe(obs)
         requests = self._route(ident, obs, raised)
         self._dirty.add(ident)
-        out = []
-        for alert in raised:
-            body = DriftAlert.model_validate(alert).to_json()
-            self.alerts.append(body)
-            out.append(Emit("drift-alerts", alert["model"].encode(), body))
-        for request in requests:
-            out.append(Emit("review-queue", request["prediction_id"].encode(),
-                            ReviewRequest.model_validate(request).to_json()))
-        return out + self._updates(updates)
+        return self._emits(raised, requests) + self._updates(updates)
 
     def _learn(self, obs: dict) -> list[dict]:
         """Feed the model's learner, if it has one; a shadow prediction joins the observation."""

@@ -232,14 +232,22 @@ def pack_each_partition(emitted: list[tuple[int, Any]], kind: str = "monitor-inp
 
 
 def unpack(raw: bytes | None) -> list[Any]:
-    """The observations of one ``monitor-input`` value: a packed array or a single object.
+    """The observations of one ``monitor-input`` value (see :func:`read`)."""
+    return read(raw)[0]
+
+
+def read(raw: bytes | None) -> tuple[list[Any], bool]:
+    """The observations of one ``monitor-input`` value: a packed array or a single object; and
+    whether JSON's usual reading took it (``False``: it holds an integer past the float range,
+    read as such by msgspec).
 
     Raises ``orjson.JSONDecodeError`` (a ``ValueError``) when ``raw`` is not JSON and
     ``TypeError`` when it is neither an object nor an array.
 
-    >>> unpack(b'[{"k":"p"},{"k":"o"}]'), unpack(b'{"k":"c"}')
-    ([{'k': 'p'}, {'k': 'o'}], [{'k': 'c'}])
+    >>> read(b'[{"k":"p"},{"k":"o"}]'), unpack(b'{"k":"c"}')
+    (([{'k': 'p'}, {'k': 'o'}], True), [{'k': 'c'}])
     """
+    usual = True
     try:
         value = orjson.loads(raw or b"")
     except orjson.JSONDecodeError as exc:
@@ -249,8 +257,9 @@ def unpack(raw: bytes | None) -> list[Any]:
             value = msgspec.json.decode(raw or b"")
         except msgspec.DecodeError:
             raise exc from None
+        usual = False
     if isinstance(value, list):
-        return [expand(obs) if type(obs) is dict and obs.get("k") == "P" else obs for obs in value]
+        return [expand(obs) if type(obs) is dict and obs.get("k") == "P" else obs for obs in value], usual
     if isinstance(value, dict):
-        return [expand(value)]
+        return [expand(value)], usual
     raise TypeError(f"a monitor observation is a JSON object or an array of them, not {type(value).__name__}")

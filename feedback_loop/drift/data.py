@@ -359,6 +359,50 @@ class FeatureDriftMonitor:
             return self._close_window()
         return []
 
+    def update_many(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[DriftResult]]]:
+        """:meth:`update` of each row in turn, in one pass per feature and window.
+
+        Returns ``(index, results)`` for each row that closed a window (``index`` into ``rows``).
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(1)
+        >>> rows = [{"x": float(v), "c": "ab"[i % 2]} for i, v in enumerate(rng.normal(size=250))]
+        >>> one, many = FeatureDriftMonitor(100, 50), FeatureDriftMonitor(100, 50)
+        >>> singly = [(i, r) for i, x in enumerate(rows) if (r := one.update(x))]
+        >>> many.update_many(rows) == singly and one.to_dict() == many.to_dict()
+        True
+        >>> [i for i, _ in singly]
+        [149, 199, 249]
+        """
+        out: list[tuple[int, list[DriftResult]]] = []
+        start, n = 0, len(rows)
+        while start < n and self._references is None:  # the reference fills row by row
+            self.update(rows[start])
+            start += 1
+        while start < n:
+            end = min(n, start + max(1, self.window_size - self._window_rows))
+            chunk = rows[start:end] if start or end < n else rows
+            for name, buf, numeric in self._slots:
+                values = [x.get(name) for x in chunk]
+                if numeric:
+                    for v in values:
+                        if type(v) is float:
+                            if v - v == 0.0:  # not NaN nor infinite
+                                buf.append(v)
+                        elif type(v) is int and -_INT64 <= v < _INT64:
+                            buf.append(float(v))
+                        elif v is not None:
+                            v = _number(v)
+                            if v is not None:
+                                buf.append(v)
+                else:
+                    buf.extend([v if type(v) is str else category_key(v) for v in values if v is not None])
+            self._window_rows += end - start
+            if self._window_rows >= self.window_size:
+                out.append((end - 1, self._close_window()))
+            start = end
+        return out
+
     def _add_reference_row(self, x: Mapping[str, Any]) -> None:
         buffers = self._buffers
         names: Iterable[str] = x if self.feature_filter is None else self.feature_filter

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -405,6 +405,36 @@ class PerformanceEstimator:
         self._last_id = pid
         self._win_count += 1
         return self._index
+
+    def observe_predictions(self, prediction_ids: Sequence[str], confidences: Sequence[float]) -> None:
+        """:meth:`observe_prediction` of each pair in turn (the caller closes full windows).
+
+        >>> one, many = PerformanceEstimator(window_size=4), PerformanceEstimator(window_size=4)
+        >>> for pid, c in [("a", 0.9), ("b", 0.55), ("c", 1.0)]:
+        ...     _ = one.observe_prediction(pid, c)
+        >>> many.observe_predictions(["a", "b", "c"], [0.9, 0.55, 1.0])
+        >>> many.to_dict() == one.to_dict()
+        True
+        """
+        bins, win_n, win_conf = self.bins, self._win_n, self._win_conf
+        unl_n, unl_conf, unlabeled = self._unl_n, self._unl_conf, self._unlabeled
+        last = None
+        for pid, confidence in zip(prediction_ids, confidences):
+            c = _check_confidence(confidence)
+            b = int(c * bins)
+            if b >= bins:
+                b = bins - 1
+            win_n[b] += 1
+            win_conf[b] += c
+            unl_n[b] += 1
+            unl_conf[b] += c
+            last = str(pid)
+            unlabeled[last] = (b, c)
+            if self._win_count == 0:
+                self._first_id = last
+            self._win_count += 1
+        if last is not None:
+            self._last_id = last
 
     def observe_outcome(
         self, confidence: float, correct: bool, prediction_id: str | None = None

@@ -45,16 +45,18 @@ class BudgetGate:
 
     def fraction(self) -> float:
         """The share of predictions the budget allows at the recent rate (1 while unknown)."""
-        if len(self._times) < 2:
+        times = self._times
+        if len(times) < 2:
             return 1.0
-        span = self._times[-1] - self._times[0]  # progress of the latest time seen
+        span = times[-1] - times[0]  # progress of the latest time seen
         if span <= 0:
             return 1.0
-        per_hour = (len(self._times) - 1) * 3600.0 / span
+        per_hour = (len(times) - 1) * 3600.0 / span
         return min(1.0, self.budget_per_hour / per_hour)
 
-    def threshold(self) -> float:
-        """The least priority admitted now (``inf`` before ``min_history`` priorities).
+    def threshold(self, fraction: float | None = None) -> float:
+        """The least priority admitted now (``inf`` before ``min_history`` priorities); ``fraction``:
+        :meth:`fraction` if already known.
 
         The top fraction widens (up to twice ``f``) while unspent budget piles up and narrows (down
         to half) as it runs out, so the budget is spent, on the highest priorities.
@@ -63,7 +65,7 @@ class BudgetGate:
         if n < self.min_history:
             return float("inf")
         half = self.burst / 2.0
-        fraction = min(1.0, self.fraction() * 2.0 ** ((self.tokens - half) / half))
+        fraction = min(1.0, (self.fraction() if fraction is None else fraction) * 2.0 ** ((self.tokens - half) / half))
         k = int((1.0 - fraction) * n)
         return self._sorted[k] if k < n else float("inf")
 
@@ -71,17 +73,24 @@ class BudgetGate:
         """Whether to route an item of ``priority`` (``None``: no policy scored it) at event time ``t``."""
         # The latest event time seen, per arrival: its progress over the window measures the rate
         # even when partitions read in turns deliver times out of order (a steady skew cancels).
-        self._times.append(t if not self._times else max(self._times[-1], t))
-        self.tokens = min(self.burst, self.tokens + self.fraction())
+        times = self._times
+        if times:
+            last = times[-1]
+            times.append(last if last >= t else t)
+        else:
+            times.append(t)
+        fraction = self.fraction()
+        self.tokens = min(self.burst, self.tokens + fraction)
         value = 0.0 if priority is None else priority
-        ok = priority is not None and value > 0.0 and value >= self.threshold() and self.tokens >= 1.0
+        ok = priority is not None and value > 0.0 and value >= self.threshold(fraction) and self.tokens >= 1.0
         if ok:
             self.tokens -= 1.0
-        bisect.insort(self._sorted, value)
-        self._recent.append(value)
-        if len(self._recent) > self.window:
-            old = self._recent.popleft()
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
+        ordered = self._sorted
+        bisect.insort(ordered, value)
+        recent = self._recent
+        recent.append(value)
+        if len(recent) > self.window:
+            del ordered[bisect.bisect_left(ordered, recent.popleft())]
         self.seen += 1
         self.admitted += ok
         return ok

@@ -140,22 +140,30 @@ class Router:
             disagree = str(shadow["y"]) != prediction
             found["disagreement"] = float(shadow.get("c") or 0.5) if disagree else 0.0
         thresholds = self.config.thresholds
+        if not thresholds:
+            return {k: v for k, v in found.items() if v is not None and k in enabled}
         return {k: v for k, v in found.items()
                 if v is not None and k in enabled and v >= thresholds.get(k, 0.0)}
 
     def on_prediction(self, obs: dict[str, Any]) -> list[dict[str, Any]]:
         """Route a new prediction, or not; at most one request."""
-        if isinstance(obs["y"], float):
+        if type(obs["y"]) is float:
             return []
         scored = self.scores(obs)
-        reason = max(scored, key=lambda k: (scored[k], k)) if scored else None
-        priority = None if reason is None else scored[reason]
+        if len(scored) == 1:
+            (reason, priority), = scored.items()
+        elif scored:
+            reason = max(scored, key=lambda k: (scored[k], k))
+            priority = scored[reason]
+        else:
+            reason = priority = None
         # An item labeled on arrival still counts in the gate's view of the priorities and the
         # rate, but competes for nothing.
-        if not self.gate.admit(None if obs.get("lab") else priority, obs["t"]) or reason is None:
+        t = obs["t"]
+        if not self.gate.admit(None if obs.get("lab") else priority, t) or reason is None:
             return []
         self._count(reason)
-        return [self._request(obs, reason, min(1.0, max(0.0, priority or 0.0)), obs["t"], scored)]
+        return [self._request(obs, reason, min(1.0, max(0.0, priority or 0.0)), t, scored)]
 
     def on_outcome(self, obs: dict[str, Any]) -> list[dict[str, Any]]:
         """Learn from an outcome with a newly known true class; route a suspect label."""

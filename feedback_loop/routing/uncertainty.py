@@ -30,10 +30,12 @@ def least_confidence(scores: Mapping[str, float] | None, confidence: float | Non
     >>> least_confidence({"a": 0.5, "b": 0.5}), round(least_confidence(None, 0.8), 6)
     (1.0, 0.4)
     """
-    probs = _normalised(scores) if scores else []
-    if len(probs) >= 2:
-        k = len(probs)
-        return (1.0 - max(probs)) * k / (k - 1)
+    if scores:
+        values = [max(0.0, float(v)) for v in scores.values()]
+        total = sum(values)
+        k = len(values)
+        if k >= 2 and total > 0:  # (max(v / total) is max(v) / total: dividing keeps the order)
+            return (1.0 - max(values) / total) * k / (k - 1)
     if confidence is None:
         return None
     return min(1.0, max(0.0, 2.0 * (1.0 - float(confidence)) if confidence >= 0.5 else 1.0))
