@@ -139,21 +139,14 @@ class MonitorPartition:
             router = self.routers.get(ident)
             if router is None:
                 router = self.routers[ident] = Router(ident[0], ident[1], self.routing)
+        alerted = {i for i, alerts in raised.items() if any(alert["status"] == "firing" for alert in alerts)}
+        failed: dict[int, Exception] = {}
+        routed = {} if router is None else router.on_predictions(run, alerted, failed.__setitem__)
         out: list[Emit] = []
-        for offset, obs in enumerate(run):
-            alerts = raised.get(offset, ())
-            if router is not None:
-                try:
-                    if any(alert["status"] == "firing" for alert in alerts):
-                        router.on_alert()
-                    requests = router.on_prediction(obs)
-                except _BAD_OBSERVATION as exc:
-                    out.append(self._bad(record, obs, first + offset, count, exc))
-                    requests = []
-            else:
-                requests = []
-            if alerts or requests:
-                out.extend(self._emits(alerts, requests))
+        for offset in sorted(raised.keys() | routed.keys() | failed.keys()):
+            out.extend(self._emits(raised.get(offset, []), routed.get(offset, [])))
+            if offset in failed:
+                out.append(self._bad(record, run[offset], first + offset, count, failed[offset]))
         return out
 
     def _emits(self, alerts: list[dict], requests: list[dict]) -> list[Emit]:

@@ -33,6 +33,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
+from collections.abc import Callable, Collection
 
 from feedback_loop.errors import ConfigurationError
 from feedback_loop.events import utc_iso
@@ -48,6 +49,8 @@ POLICIES = ("least_confidence", "margin", "entropy", "learned", "shadow", "label
 #: without). ``label_error`` is opt-in: next to a drifting model most confident contradictions are
 #: the model's errors, not the labels'.
 DEFAULT_POLICIES = ("learned", "disagreement")
+#: What a malformed observation raises (see :meth:`Router.on_predictions`).
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,45 @@ class Router:
             return []
         self._count(reason)
         return [self._request(obs, reason, min(1.0, max(0.0, priority or 0.0)), t, scored)]
+
+    def on_predictions(self, run: list[dict[str, Any]], alerted: Collection[int] = (),
+                       on_error: Callable[[int, Exception], None] | None = None) -> dict[int, list[dict[str, Any]]]:
+        """:meth:`on_prediction` of each observation of ``run`` in turn (:meth:`on_alert` first for
+        the indices in ``alerted``); the requests, by index into ``run``. ``on_error(index,
+        exception)`` receives a malformed observation's error and the others go on (without it,
+        the error is raised).
+
+        With the default policies (``learned``, ``disagreement``) and no thresholds, while the
+        error model still warms up (the ``learned`` score is then the least-confidence score),
+        the scores are computed here in one loop; otherwise, and for an observation carrying a
+        challenger's shadow prediction, :meth:`on_prediction` does it.
+        """
+        out: dict[int, list[dict[str, Any]]] = {}
+        enabled = self.config.policies
+        plain = (not self.config.thresholds and "learned" in enabled and set(enabled) <= {"learned", "disagreement"}
+                 and self.errors.learned < self.errors.warmup)
+        admit = self.gate.admit
+        least_confidence = uncertainty.least_confidence
+        for i, obs in enumerate(run):
+            try:
+                if i in alerted:
+                    self.on_alert()
+                if not plain or "sh" in obs:
+                    if requests := self.on_prediction(obs):
+                        out[i] = requests
+                    continue
+                if type(obs["y"]) is float:
+                    continue
+                priority = least_confidence(obs.get("s"), obs.get("c"))
+                if not admit(None if obs.get("lab") else priority, obs["t"]) or priority is None:
+                    continue
+                self._count("learned")
+                out[i] = [self._request(obs, "learned", min(1.0, max(0.0, priority)), obs["t"], {"learned": priority})]
+            except _MALFORMED as exc:
+                if on_error is None:
+                    raise
+                on_error(i, exc)
+        return out
 
     def on_outcome(self, obs: dict[str, Any]) -> list[dict[str, Any]]:
         """Learn from an outcome with a newly known true class; route a suspect label."""
