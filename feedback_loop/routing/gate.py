@@ -44,13 +44,18 @@ class BudgetGate:
         self.admitted = 0
 
     def fraction(self) -> float:
-        """The share of predictions the budget allows at the recent rate (1 while unknown)."""
+        """The share of predictions the budget allows at the recent rate (1 while unknown).
+
+        A full window over which the latest time seen did not move (a partition read far ahead
+        of the others: the rest of a backlog arrives behind it) is no time at all: no budget
+        accrues until the time moves again, rather than an unknown rate that admits everything.
+        """
         times = self._times
         if len(times) < 2:
             return 1.0
         span = times[-1] - times[0]  # progress of the latest time seen
         if span <= 0:
-            return 1.0
+            return 0.0 if len(times) == times.maxlen else 1.0
         per_hour = (len(times) - 1) * 3600.0 / span
         return min(1.0, self.budget_per_hour / per_hour)
 

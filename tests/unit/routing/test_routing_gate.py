@@ -122,6 +122,21 @@ def test_out_of_order_times_neither_lose_nor_gain_budget():
     assert abs(counts[0] - counts[1]) <= 0.15 * counts[1], counts
 
 
+def test_a_partition_read_far_ahead_does_not_open_the_gate():
+    """A backlog of 8 partitions where one is read first, minutes ahead of the rest: the latest
+    time seen stands still while the others catch up. The gate admits about the burst and the
+    budget of the event time that passed: a quarter more at most, what the rate over the window
+    grants while the window still holds times from before the stall (it used to read a time that
+    stands still as an unknown rate and admitted 3,790 of these 4,200 predictions)."""
+    rng = random.Random(5)
+    ahead = [(rng.random(), j * STEP) for j in range(600)]  # partition 0: ten hours at once
+    behind = [(rng.random(), (j // 7) * STEP) for j in range(7 * 600)]  # the other seven, after it
+    gate = BudgetGate(BUDGET, window=500, min_history=20, burst=20.0)
+    admitted, _ = _feed(gate, ahead + behind)
+    assert admitted <= 1.25 * (gate.burst + BUDGET * 600 * STEP / 3600.0)
+    assert gate.fraction() == 0.0  # still behind: the latest time has not moved for a window
+
+
 def test_fraction_is_exact_on_evenly_spaced_times():
     gate = BudgetGate(6.0, window=100)
     assert gate.fraction() == 1.0  # unknown rate
