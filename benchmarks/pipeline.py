@@ -24,8 +24,9 @@ those same message bytes:
     off the predictions' observations after it, so the run then waits until the worker's join
     and monitor counters stay still for 2 s and also reports the rate of the whole loop,
     ``pipeline_full_loop_predictions_per_s`` (the predictions over the join's time plus the
-    monitors' lag, ``monitor_settle_after_predictions_s``, known to within the worker's 1 s
-    heartbeat). The labels are then measured like the predictions. Both are therefore a backlog
+    monitors' lag, ``monitor_settle_after_predictions_s``: from the resume to the wall time the
+    worker records when the monitors' last batch was published and checkpointed, which its
+    heartbeat carries). The labels are then measured like the predictions. Both are therefore a backlog
     drained by the worker, as in (a) and (b).
 
 Then, with the worker running normally, ``--rate`` x ``--seconds`` more predictions of a separate
@@ -409,6 +410,16 @@ class Checkpoints:
             time.sleep(0.2)
         raise RuntimeError(f"no heartbeat from the worker within {timeout:.0f} s\n" + _tail(worker.log_path))
 
+    def done_at(self, worker: Worker, agent: str = "monitor") -> float | None:
+        """The wall time at which the worker's ``agent`` last published and saved a batch (from
+        its heartbeat)."""
+        keys = list(self.redis.scan_iter(match=self.settings.key("workers", "*"), count=500))
+        for raw in self.redis.mget(keys) if keys else []:
+            beat = orjson.loads(raw) if raw else {}
+            if beat.get("pid") == worker.pid:
+                return (beat.get("done_at") or {}).get(agent)
+        return None
+
     def wait_quiet(self, worker: Worker, quiet: float, timeout: float) -> float:
         """Wait until the worker's event counters (join and monitor) stay still for ``quiet`` s:
         the monitors have worked off the observations of the backlogs; return the seconds waited."""
@@ -432,8 +443,9 @@ class Checkpoints:
 
 def timed_backlog(servers_bootstrap: str, settings: Settings, worker: Worker, checkpoints: Checkpoints,
                   kind: str, messages: list[tuple[bytes, bytes]], ends: dict[tuple[str, int], int],
-                  timeout: float) -> tuple[float, float]:
-    """Pause the worker, publish ``messages`` on ``kind``, resume it; (messages/s, publish seconds)."""
+                  timeout: float) -> tuple[float, float, float]:
+    """Pause the worker, publish ``messages`` on ``kind``, resume it; (messages/s, publish seconds,
+    wall time of the resume)."""
     worker.signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -446,11 +458,11 @@ def timed_backlog(servers_bootstrap: str, settings: Settings, worker: Worker, ch
                   flush=True)
     finally:
         worker.signal(signal.SIGCONT)
-    t0 = time.monotonic()
+    t0, resumed = time.monotonic(), time.time()
     for tp, end in mine.items():
         ends[tp] = max(ends.get(tp, 0), end)
     t1 = checkpoints.wait({tp: ends[tp] for tp in ends if tp[0] == topic}, worker, timeout, kind)
-    return len(messages) / (t1 - t0), published
+    return len(messages) / (t1 - t0), published, resumed
 
 
 class WebProcess:
@@ -691,19 +703,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker pid {worker.pid} ready and warmed up ({len(warm_preds)} predictions + labels)",
                   flush=True)
 
-            p_rate, p_pub = timed_backlog(bootstrap, settings, worker, checkpoints, "predictions", preds, ends,
-                                          bench_timeout)
+            p_rate, p_pub, resumed = timed_backlog(bootstrap, settings, worker, checkpoints, "predictions", preds,
+                                                   ends, bench_timeout)
             print(f"(c) pipeline, predictions: {p_rate:,.0f}/s (published in {p_pub:.1f} s with the worker "
                   f"paused)", flush=True)
             # the monitors (drift, routing, learning) finish those predictions' observations later
-            settle_p = checkpoints.wait_quiet(worker, 2.0, bench_timeout)
+            checkpoints.wait_quiet(worker, 2.0, bench_timeout)
+            done = checkpoints.done_at(worker)
+            if done is None:
+                raise RuntimeError("the worker's heartbeat says no monitor batch was done\n" + _tail(worker.log_path))
+            settle_p = max(0.0, done - resumed - n / p_rate)
             full = n / (n / p_rate + settle_p)
-            result["monitor_settle_after_predictions_s"] = round(settle_p, 1)
+            result["monitor_settle_after_predictions_s"] = round(settle_p, 2)
             result["pipeline_full_loop_predictions_per_s"] = round(full, 1)
-            print(f"(c) pipeline, predictions through the whole loop (the monitors done {settle_p:.1f} s after the "
+            print(f"(c) pipeline, predictions through the whole loop (the monitors done {settle_p:.2f} s after the "
                   f"join): {full:,.0f}/s", flush=True)
-            l_rate, l_pub = timed_backlog(bootstrap, settings, worker, checkpoints, "labels", labels, ends,
-                                          bench_timeout)
+            l_rate, l_pub, _ = timed_backlog(bootstrap, settings, worker, checkpoints, "labels", labels, ends,
+                                             bench_timeout)
             print(f"(c) pipeline, labels:      {l_rate:,.0f}/s (published in {l_pub:.1f} s with the worker "
                   f"paused)", flush=True)
             result["pipeline_predictions_per_s"] = round(p_rate, 1)

@@ -85,6 +85,7 @@ def build_app(settings: Settings) -> faust.App:
                 "started_at": started, "at": time.time(), "partitions": assigned,
                 "loaded_partitions": join_states.owned(), "monitor_partitions": monitor_states.owned(),
                 "events": {k: v for k, v in activity.items() if k.endswith("_events")},
+                "done_at": {k[:-8]: v for k, v in activity.items() if k.endswith("_done_at")},
                 "idle_seconds": None if last is None else round(app.loop.time() - last, 3)}
         await redis.set(settings.key("workers", store.owner), orjson.dumps(beat),
                         ex=int(max(5, 5 * HEARTBEAT_SECONDS)))

@@ -120,7 +120,9 @@ def register(app: faust.App, name: str, source: faust.TopicT, inputs: set[str], 
             # liveness counts what the records hold (a packed record holds many observations)
             applied = len(records) if before is None else state.observed - before
             activity[f"{name}_events"] = activity.get(f"{name}_events", 0) + applied
-            return await publish_and_save(send, topics, states, state, emits)
+            saved = await publish_and_save(send, topics, states, state, emits)
+            activity[f"{name}_done_at"] = time.time()  # (wall clock) its effects are out and saved
+            return saved
 
     @app.agent(source, name=name, concurrency=1)
     async def agent(stream: faust.StreamT) -> None:
