@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Sequence
 
 
 class BudgetGate:
@@ -99,3 +100,46 @@ class BudgetGate:
         self.seen += 1
         self.admitted += ok
         return ok
+
+    def admit_many(self, priorities: Sequence[float | None], times: Sequence[float]) -> list[bool]:
+        """:meth:`admit` of each ``(priority, t)`` in turn, in one loop (the same decisions)."""
+        seen, sorted_, recent = self._times, self._sorted, self._recent
+        full = seen.maxlen
+        insort, bisect_left = bisect.insort, bisect.bisect_left
+        budget, burst, window, min_history = self.budget_per_hour, self.burst, self.window, self.min_history
+        half = burst / 2.0
+        tokens = self.tokens
+        out = []
+        for priority, t in zip(priorities, times):
+            if seen:
+                last = seen[-1]
+                seen.append(last if last >= t else t)
+            else:
+                seen.append(t)
+            count = len(seen)
+            fraction = 1.0  # (as in fraction())
+            if count >= 2:
+                span = seen[-1] - seen[0]
+                if span > 0:
+                    fraction = min(1.0, budget / ((count - 1) * 3600.0 / span))
+                elif count == full:
+                    fraction = 0.0
+            tokens = min(burst, tokens + fraction)
+            value = 0.0 if priority is None else priority
+            ok = False
+            if priority is not None and value > 0.0 and tokens >= 1.0:
+                n = len(sorted_)  # (as in threshold())
+                if n >= min_history:
+                    k = int((1.0 - min(1.0, fraction * 2.0 ** ((tokens - half) / half))) * n)
+                    ok = k < n and value >= sorted_[k]
+            if ok:
+                tokens -= 1.0
+            insort(sorted_, value)
+            recent.append(value)
+            if len(recent) > window:
+                del sorted_[bisect_left(sorted_, recent.popleft())]
+            out.append(ok)
+        self.tokens = tokens
+        self.seen += len(out)
+        self.admitted += sum(out)
+        return out

@@ -184,27 +184,42 @@ class Router:
         enabled = self.config.policies
         plain = (not self.config.thresholds and "learned" in enabled and set(enabled) <= {"learned", "disagreement"}
                  and self.errors.learned < self.errors.warmup)
-        admit = self.gate.admit
+        # plain: the gate takes the priorities of a stretch of predictions at once
+        pending: list[tuple[int, dict[str, Any], float | None, float]] = []
+
+        def flush() -> None:
+            admitted = self.gate.admit_many([None if obs.get("lab") else p for _, obs, p, _ in pending],
+                                            [t for _, _, _, t in pending])
+            for (i, obs, priority, t), ok in zip(pending, admitted):
+                if ok and priority is not None:
+                    self._count("learned")
+                    try:
+                        out[i] = [self._request(obs, "learned", min(1.0, max(0.0, priority)), t,
+                                                {"learned": priority})]
+                    except _MALFORMED as exc:
+                        if on_error is None:
+                            raise
+                        on_error(i, exc)
+            pending.clear()
+
         least_confidence = uncertainty.least_confidence
         for i, obs in enumerate(run):
             try:
                 if i in alerted:
                     self.on_alert()
                 if not plain or "sh" in obs:
+                    if pending:
+                        flush()
                     if requests := self.on_prediction(obs):
                         out[i] = requests
-                    continue
-                if type(obs["y"]) is float:
-                    continue
-                priority = least_confidence(obs.get("s"), obs.get("c"))
-                if not admit(None if obs.get("lab") else priority, obs["t"]) or priority is None:
-                    continue
-                self._count("learned")
-                out[i] = [self._request(obs, "learned", min(1.0, max(0.0, priority)), obs["t"], {"learned": priority})]
+                elif type(obs["y"]) is not float:
+                    pending.append((i, obs, least_confidence(obs.get("s"), obs.get("c")), obs["t"]))
             except _MALFORMED as exc:
                 if on_error is None:
                     raise
                 on_error(i, exc)
+        if pending:
+            flush()
         return out
 
     def on_outcome(self, obs: dict[str, Any]) -> list[dict[str, Any]]:

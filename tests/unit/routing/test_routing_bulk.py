@@ -32,6 +32,8 @@ def runs(draw: Any) -> list[dict[str, Any]]:
             obs["sh"] = {"y": draw(st.sampled_from(["a", "b"])), "c": draw(st.one_of(st.none(), st.floats(0, 1)))}
         if draw(st.integers(0, 40)) == 0:
             obs["s"] = {"a": "not a number"}  # malformed
+        if draw(st.integers(0, 40)) == 0:
+            del obs["id"]  # malformed, found once routed
         out.append(obs)
     return out
 
@@ -69,7 +71,7 @@ def test_a_run_routes_as_its_predictions_one_by_one(run: list[dict[str, Any]], c
         try:
             if requests := single.on_prediction(obs):
                 expected[i] = requests
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             errors[i] = repr(exc)
     failed: dict[int, str] = {}
     got = bulk.on_predictions(run, alerted, lambda i, exc: failed.__setitem__(i, repr(exc)))
