@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     batch_max: int = Field(2000, ge=1, description="Most events processed in one batch.")
     batch_within_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
     monitor_batch_within_seconds: float = Field(
-        1.0, gt=0, description="Longest wait to fill a drift-monitor batch (one checkpoint per batch).")
+        0.25, gt=0, description="Longest wait to fill a drift-monitor batch (one checkpoint per batch; the last "
+                                "observations of a burst wait this long for the monitors).")
     metrics_interval_seconds: float = Field(1.0, gt=0, description="How often merged metrics are published.")
 
     # Drift detection and alerts

@@ -84,7 +84,7 @@ def _same_time(quick: Any, slow: Any) -> None:
     assert iso(quick.timestamp) == iso(slow.timestamp)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prediction_docs())
 def test_quick_prediction_reads_what_pydantic_reads(doc: dict[str, Any]) -> None:
     raw = json.dumps(doc).encode()
@@ -102,7 +102,7 @@ def test_quick_prediction_reads_what_pydantic_reads(doc: dict[str, Any]) -> None
     assert (quick.model_extra or {}).get("challenger") == (slow.model_extra or {}).get("challenger")
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.fixed_dictionaries({"prediction_id": _maybe(texts), "label": _maybe(targets),
                               "timestamp": _maybe(timestamps()),
                               "source": _maybe(st.one_of(st.none(), st.text(max_size=5)))}))

@@ -54,7 +54,7 @@ def _state(router: Router) -> Any:
             router.drift_left, pickle.dumps(router.errors))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs(), configs, st.sets(st.integers(0, 119), max_size=3), st.integers(0, 1))
 def test_a_run_routes_as_its_predictions_one_by_one(run: list[dict[str, Any]], config: RoutingConfig,
                                                      alerted: set[int], warm: int) -> None:

@@ -81,7 +81,7 @@ def _entries(s: PartitionState) -> dict[str, Any]:
     return {pid: e.entry() if isinstance(e, Waiting) else e for pid, e in s.entries.items()}
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records(), st.integers(0, 3))
 def test_short_path_equals_general_path(recs: list[Record], cut: int) -> None:
     quick, general = _state(True), _state(False)
