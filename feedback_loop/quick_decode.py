@@ -100,21 +100,20 @@ def _aware(stamp: str) -> datetime | None:
         return None
 
 
-def quick_prediction(raw: bytes) -> QuickPrediction | None:
-    """The prediction event in ``raw``, or ``None`` (decode it with pydantic then)."""
+def _quick(decoder: msgspec.json.Decoder, raw: bytes) -> Any:
     try:
-        event = _predictions.decode(raw)
+        event = decoder.decode(raw)
     except msgspec.DecodeError:
         return None
     event.timestamp = _aware(event.stamp)
     return None if event.timestamp is None else event
+
+
+def quick_prediction(raw: bytes) -> QuickPrediction | None:
+    """The prediction event in ``raw``, or ``None`` (decode it with pydantic then)."""
+    return _quick(_predictions, raw)
 
 
 def quick_label(raw: bytes) -> QuickLabel | None:
     """The label event in ``raw``, or ``None`` (decode it with pydantic then)."""
-    try:
-        event = _labels.decode(raw)
-    except msgspec.DecodeError:
-        return None
-    event.timestamp = _aware(event.stamp)
-    return None if event.timestamp is None else event
+    return _quick(_labels, raw)

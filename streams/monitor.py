@@ -176,15 +176,16 @@ class ModelMonitor:
         the alerts raised, by index into ``run`` (the same alerts, in the same order per
         observation).
 
-        The observations are read before anything changes: if one is malformed (no ``"t"``,
-        features that are not an object, a confidence outside ``[0, 1]``) this raises and the
-        monitor is as it was, so the caller can take the observations one by one instead.
+        The observations are read before anything changes: if one is malformed (a time that is
+        not a number, features that are not an object, a confidence outside ``[0, 1]``) this
+        raises and the monitor is as it was, so the caller can take the observations one by one.
         """
         times = [obs["t"] for obs in run]
         rows = [obs["x"] or {} for obs in run]
         values = [obs["y"] for obs in run]
         rated = [(i, obs["id"], obs["c"]) for i, obs in enumerate(run) if obs["c"] is not None]
-        if not all(type(x) is dict for x in rows) or not all(0.0 <= c <= 1.0 for _, _, c in rated):
+        if (not all(type(x) is dict for x in rows) or not all(0.0 <= c <= 1.0 for _, _, c in rated)
+                or not all(type(t) is float or type(t) is int for t in times)):
             raise ValueError("malformed prediction observation")
         raised: dict[int, list[dict[str, Any]]] = {}
         for i, results in self.features.update_many(rows):

@@ -98,11 +98,10 @@ class MonitorPartition:
         self.observed += len(observations)
         index, count = 0, len(observations)
         while index < count:
-            obs = observations[index]
-            ident = _plain_prediction(obs) if usual else None
+            end = index + 1
+            ident = _plain_prediction(observations[index]) if usual else None
             if ident is not None and ident[0] not in self.learning:
                 # a run of predictions of one model version: each detector takes it in one pass
-                end = index + 1
                 while end < count and _plain_prediction(observations[end]) == ident:
                     end += 1
                 emits = self._observe_predictions(ident, observations[index:end], record, index, count)
@@ -110,11 +109,13 @@ class MonitorPartition:
                     out.extend(emits)
                     index = end
                     continue
-            try:
-                out.extend(self._observe(obs))
-            except _BAD_OBSERVATION as exc:
-                out.append(self._bad(record, obs, index, count, exc))
-            index += 1
+            for index in range(index, end):  # one by one (a malformed one is a dead letter alone)
+                obs = observations[index]
+                try:
+                    out.extend(self._observe(obs))
+                except _BAD_OBSERVATION as exc:
+                    out.append(self._bad(record, obs, index, count, exc))
+            index = end
         return out
 
     def _bad(self, record: Record, obs: Any, index: int, count: int, exc: Exception) -> Emit:

@@ -77,6 +77,8 @@ class BudgetGate:
 
     def admit(self, priority: float | None, t: float) -> bool:
         """Whether to route an item of ``priority`` (``None``: no policy scored it) at event time ``t``."""
+        if type(t) is not float and type(t) is not int:
+            raise TypeError(f"event time {t!r} is not a number")
         # The latest event time seen, per arrival: its progress over the window measures the rate
         # even when partitions read in turns deliver times out of order (a steady skew cancels).
         times = self._times
@@ -103,6 +105,8 @@ class BudgetGate:
 
     def admit_many(self, priorities: Sequence[float | None], times: Sequence[float]) -> list[bool]:
         """:meth:`admit` of each ``(priority, t)`` in turn, in one loop (the same decisions)."""
+        if not all(type(t) is float or type(t) is int for t in times):
+            raise TypeError("an event time is not a number")  # (before anything changes)
         seen, sorted_, recent = self._times, self._sorted, self._recent
         full = seen.maxlen
         insort, bisect_left = bisect.insort, bisect.bisect_left

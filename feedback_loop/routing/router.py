@@ -213,7 +213,10 @@ class Router:
                     if requests := self.on_prediction(obs):
                         out[i] = requests
                 elif type(obs["y"]) is not float:
-                    pending.append((i, obs, least_confidence(obs.get("s"), obs.get("c")), obs["t"]))
+                    priority, t = least_confidence(obs.get("s"), obs.get("c")), obs["t"]
+                    if type(t) is not float and type(t) is not int:
+                        raise TypeError(f"event time {t!r} is not a number")  # (as admit says)
+                    pending.append((i, obs, priority, t))
             except _MALFORMED as exc:
                 if on_error is None:
                     raise

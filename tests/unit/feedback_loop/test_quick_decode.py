@@ -77,6 +77,19 @@ def _pydantic(schema: Any, raw: bytes) -> Any:
         return None
 
 
+def _both(quick_decode: Any, schema: Any, doc: dict[str, Any]) -> tuple[Any, Any]:
+    """The quick reading of ``doc`` and pydantic's, when the quick path accepts it (else Nones);
+    fails if the quick path accepts what pydantic rejects."""
+    raw = json.dumps(doc).encode()
+    quick = quick_decode(raw)
+    if quick is None:
+        return None, None
+    slow = _pydantic(schema, raw)
+    assert slow is not None, f"accepted what pydantic rejects: {doc}"
+    _same_time(quick, slow)
+    return quick, slow
+
+
 def _same_time(quick: Any, slow: Any) -> None:
     assert quick.timestamp == slow.timestamp
     assert quick.timestamp.utcoffset() == slow.timestamp.utcoffset()
@@ -87,18 +100,14 @@ def _same_time(quick: Any, slow: Any) -> None:
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prediction_docs())
 def test_quick_prediction_reads_what_pydantic_reads(doc: dict[str, Any]) -> None:
-    raw = json.dumps(doc).encode()
-    quick = quick_prediction(raw)
-    slow = _pydantic(PredictionEvent, raw)
+    quick, slow = _both(quick_prediction, PredictionEvent, doc)
     if quick is None:
         return
-    assert slow is not None, f"accepted what pydantic rejects: {doc}"
     for name in ("prediction_id", "model", "model_version", "features", "scores", "confidence", "tags"):
         assert getattr(quick, name) == getattr(slow, name), name
     assert type(quick.prediction) is type(slow.prediction) and quick.prediction == slow.prediction
     assert [type(v) for v in (quick.scores or {}).values()] == [type(v) for v in (slow.scores or {}).values()]
     assert type(quick.confidence) is type(slow.confidence)
-    _same_time(quick, slow)
     assert (quick.model_extra or {}).get("challenger") == (slow.model_extra or {}).get("challenger")
 
 
@@ -107,16 +116,11 @@ def test_quick_prediction_reads_what_pydantic_reads(doc: dict[str, Any]) -> None
                               "timestamp": _maybe(timestamps()),
                               "source": _maybe(st.one_of(st.none(), st.text(max_size=5)))}))
 def test_quick_label_reads_what_pydantic_reads(doc: dict[str, Any]) -> None:
-    doc = {k: v for k, v in doc.items() if v is not MISSING}
-    raw = json.dumps(doc).encode()
-    quick = quick_label(raw)
-    slow = _pydantic(LabelEvent, raw)
+    quick, slow = _both(quick_label, LabelEvent, {k: v for k, v in doc.items() if v is not MISSING})
     if quick is None:
         return
-    assert slow is not None, f"accepted what pydantic rejects: {doc}"
     assert (quick.prediction_id, quick.source) == (slow.prediction_id, slow.source)
     assert type(quick.label) is type(slow.label) and quick.label == slow.label
-    _same_time(quick, slow)
 
 
 @st.composite

@@ -175,3 +175,14 @@ def test_pickle_round_trip_gives_identical_future_decisions():
     b = stationary(copy, 3000, seed=6, start=1000)
     assert a == b and sum(ok for _, ok in a) > 0
     assert (copy.seen, copy.admitted, copy.tokens) == (gate.seen, gate.admitted, gate.tokens)
+
+
+def test_a_time_that_is_not_a_number_is_refused_and_changes_nothing():
+    """It used to enter the window when first (and then every later admission failed)."""
+    gate = BudgetGate(BUDGET, window=50, min_history=5)
+    before = pickle.dumps(gate)
+    for admit in (lambda: gate.admit(0.5, None), lambda: gate.admit_many([0.5, 0.6], [1.0, "x"])):
+        with pytest.raises(TypeError):
+            admit()
+        assert pickle.dumps(gate) == before
+    assert gate.admit(0.5, 1.0) is False and gate.seen == 1
