@@ -121,3 +121,35 @@ def test_ks_threshold_false_alarm_rate(kind: str) -> None:
         rates.append(hits / windows)
     rate, se = float(np.mean(rates)), float(np.std(rates) / math.sqrt(refs))
     assert rate <= alpha + 2.5 * se
+
+
+def test_ks_is_exact_while_no_value_holds_over_one_percent_of_the_reference():
+    """Ties only lower D; with every value at most 1% of the reference the tie-free threshold is
+    used (no resampling noise), with larger atoms the bootstrap's."""
+    from feedback_loop.drift.calibration import EXACT_KS_MAX_TIE
+
+    rng = np.random.default_rng(8)
+    n, w, alpha = 1000, 500, 0.003
+    sparse = np.round(rng.normal(size=n), 2)  # ties, none over 1%
+    assert np.unique(sparse, return_counts=True)[1].max() <= EXACT_KS_MAX_TIE * n
+    assert calibrate(sparse, w, ("ks",), alpha, rng=1)["ks"] == ks_exact_threshold(n, w, alpha)
+    heavy = np.round(rng.normal(size=n), 1)  # the mode holds about 4%
+    assert np.unique(heavy, return_counts=True)[1].max() > EXACT_KS_MAX_TIE * n
+    boot = calibrate(heavy, w, ("ks",), alpha, rng=1)["ks"]
+    assert boot < ks_exact_threshold(n, w, alpha)  # larger atoms lower D: the bootstrap sees it
+
+
+def test_the_ordered_bootstrap_follows_the_exact_null_without_ties():
+    """On a reference of unique values the bootstrap's draws are ordered by sort keys (a draw
+    placed at random in its value's gap): P(D > t) must be the exact permutation law's, which
+    ``ks_exact`` computes (draws of one value left tied would lower it by 0.007 at the 80% point:
+    four standard errors here)."""
+    from feedback_loop.drift.ks_exact import ks_exact_sf
+
+    n, w, b = 400, 200, 60_000
+    ref = np.random.default_rng(9).normal(size=n)
+    boot = null_distribution(ref, w, ("ks",), b, rng=3)["ks"]
+    ts = np.array([7200, 9200])  # n * w * D at about the 80% and 95% points
+    for t, p in zip(ts, ks_exact_sf(n, w, ts)):
+        seen = float(np.mean(boot * n * w > t + 0.5))
+        assert abs(seen - p) <= 3 * math.sqrt(p * (1 - p) / b), (t, seen, p)
