@@ -11,6 +11,11 @@ bytes), so the monitor pays the broker and the stream machinery once per batch a
 than once per event. A single JSON object (a control record of ``feedback-loop models``) is read
 as one observation.
 
+A new prediction's observation is compact (:func:`waiting_observation`): its time and the event's
+own bytes, which the join validated and does not encode again; :func:`read` expands it into the
+full form :func:`prediction_observation` writes for the other predictions (a re-sent one, one
+decoded by pydantic).
+
 Examples
 --------
 >>> key, value = outcome_observation("p-1", "m", "1", 10.0, 20.0, True, 0.8, 1)
