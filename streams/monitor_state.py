@@ -24,7 +24,7 @@ from feedback_loop.events import (
     json_bytes,
     utc_iso,
 )
-from feedback_loop.routing.router import Router, RoutingConfig
+from feedback_loop.routing.router import MALFORMED_OBSERVATION, Router, RoutingConfig
 from feedback_loop.signing import Signer
 from online_models.learner import LearnerConfig, ModelLearner
 from streams.monitor import ModelMonitor, MonitorConfig
@@ -43,10 +43,6 @@ class MonitorChanges(NamedTuple):
     routers: dict[bytes, bytes]
     learners: dict[bytes, bytes]
     learner_reports: dict[bytes, bytes]
-
-
-#: What a malformed observation raises; it becomes a dead letter of its own.
-_BAD_OBSERVATION = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 
 def _plain_prediction(obs: Any) -> tuple[str, str] | None:
@@ -113,7 +109,7 @@ class MonitorPartition:
                 obs = observations[index]
                 try:
                     out.extend(self._observe(obs))
-                except _BAD_OBSERVATION as exc:
+                except MALFORMED_OBSERVATION as exc:
                     out.append(self._bad(record, obs, index, count, exc))
             index = end
         return out
@@ -132,7 +128,7 @@ class MonitorPartition:
             monitor = self.monitors[ident] = ModelMonitor(ident[0], ident[1], self.config, self.epoch)
         try:
             raised = monitor.observe_predictions(run)
-        except _BAD_OBSERVATION:
+        except MALFORMED_OBSERVATION:
             return None
         self._dirty.add(ident)
         router = None

@@ -36,6 +36,7 @@ import msgspec
 import orjson
 
 from feedback_loop.events import json_bytes
+from streams.join import class_key
 
 SEPARATOR = "\x1f"
 #: Most observations, and about the most bytes, in one packed ``monitor-input`` message.
@@ -106,12 +107,6 @@ def waiting_observation(predicted_at: float, raw: bytes) -> bytes:
     return b'{"k":"P","t":%b,"e":%b}' % (orjson.dumps(predicted_at), raw)
 
 
-def _class_key(value: Any) -> str:
-    if value is True or value is False:
-        return "true" if value else "false"
-    return str(value)
-
-
 def expand(obs: dict[str, Any]) -> dict[str, Any]:
     """A compact prediction observation (:func:`waiting_observation`) as
     :func:`prediction_observation` writes it; any other observation as it is."""
@@ -120,7 +115,7 @@ def expand(obs: dict[str, Any]) -> dict[str, Any]:
     event = obs["e"]
     prediction = event["prediction"]
     regression = type(prediction) is float
-    value = prediction if regression else _class_key(prediction)
+    value = prediction if regression else class_key(prediction)
     scores = event.get("scores")
     confidence = event.get("confidence")
     if confidence is None and scores and not regression:
@@ -264,7 +259,7 @@ def read(raw: bytes | None) -> tuple[list[Any], bool]:
             raise exc from None
         usual = False
     if isinstance(value, list):
-        return [expand(obs) if type(obs) is dict and obs.get("k") == "P" else obs for obs in value], usual
+        return [expand(obs) if type(obs) is dict else obs for obs in value], usual
     if isinstance(value, dict):
         return [expand(value)], usual
     raise TypeError(f"a monitor observation is a JSON object or an array of them, not {type(value).__name__}")

@@ -88,8 +88,9 @@ class Aggregate:
                    data["predictions"], data["expired_unlabeled"])
 
 
-def segments(prediction: join.Prediction) -> Iterator[AggKey]:
-    """The aggregate keys one prediction counts in: the whole version, then one per tag."""
+def segments(prediction: join.Prediction | QuickPrediction) -> Iterator[AggKey]:
+    """The aggregate keys one prediction (or prediction event) counts in: the whole version, then one
+    per tag."""
     yield (prediction.model, prediction.model_version, "", "")
     for name, value in prediction.tags.items():
         yield (prediction.model, prediction.model_version, name, value)
@@ -183,14 +184,14 @@ class PartitionState:
             return []  # already applied before a restart or rebalance
         self.offsets[topic] = record.offset
         kind = self.topic_kinds.get(topic)
+        quick = _QUICK.get(kind) if self.quick else None  # (kind None: no decoder)
+        value = record.value
         event = None
-        if kind == "predictions" and self.quick:
-            value = record.value
-            if value is not None and len(value) <= self.max_event_bytes:
-                event = quick_prediction(value)
-                if (event is not None and record.key == event.prediction_id.encode()
-                        and event.prediction_id not in self.entries):
-                    return self._wait(event, value, now)
+        if quick is not None and value is not None and len(value) <= self.max_event_bytes:
+            event = quick(value)
+            if (kind == "predictions" and event is not None and record.key == event.prediction_id.encode()
+                    and event.prediction_id not in self.entries):
+                return self._wait(event, value, now)
         if kind is None:
             return [self._dead(record, f"topic {record.topic!r} is not a join input")]
         try:
@@ -253,18 +254,9 @@ class PartitionState:
         if high is None or at > high:
             self.input_high["predictions"] = at
         self.input_seen["predictions"] = now
-        model, version = event.model, event.model_version
-        aggregates, dirty = self.aggregates, self._dirty_aggs
-        key: AggKey = (model, version, "", "")
-        for name, tag in ((None, None), *event.tags.items()):
-            if name is not None:
-                key = (model, version, name, tag)
-            agg = aggregates.get(key)
-            if agg is None:
-                agg = self._aggregate(key)
-            dirty.add(key)
-            agg.predictions += 1
-        return [Emit("monitor-input", monitor_key(model, version), waiting_observation(at, raw))]
+        for key in segments(event):
+            self._aggregate(key).predictions += 1
+        return [Emit("monitor-input", monitor_key(event.model, event.model_version), waiting_observation(at, raw))]
 
     def apply_all(self, records: Iterable[Record], now: float = 0.0) -> list[Emit]:
         """Apply records in order, then expire what the advanced watermark makes due."""
@@ -309,9 +301,10 @@ class PartitionState:
             self._dirty.discard(pid)
             self._removed.add(pid)
             done += 1
-            if type(entry) is Waiting:
-                entry = entry.entry()
-            if entry.prediction is None:
+            if type(entry) is Waiting:  # a prediction without truth (its event has what segments reads)
+                for key in segments(entry.event):
+                    self._aggregate(key).expired_unlabeled += 1
+            elif entry.prediction is None:
                 self.counters["orphan_labels"] += 1
             elif entry.verdict is None:
                 for key in segments(entry.prediction):
@@ -321,14 +314,12 @@ class PartitionState:
         return done
 
     def _decode(self, kind: str, record: Record, event: Any = None) -> Any:
-        """The record's event (``event``: already decoded by the short path), validated."""
+        """The record's event, validated (``event``: what the quick decoder made of it, if it took it)."""
         if record.value is not None and len(record.value) > self.max_event_bytes:
             raise InvalidEventError(
                 f"message of {len(record.value)} bytes exceeds max_event_bytes={self.max_event_bytes}")
         if event is None:
-            quick = _QUICK.get(kind) if self.quick else None
-            event = (quick(record.value) if quick is not None and record.value is not None else None) or decode(
-                SOURCES[kind], record.value)
+            event = decode(SOURCES[kind], record.value)
         if record.key is None or record.key != event.prediction_id.encode():
             got = "no key" if record.key is None else f"key {record.key.decode('utf-8', 'replace')!r}"
             raise InvalidEventError(

@@ -334,33 +334,12 @@ class FeatureDriftMonitor:
 
     def update(self, x: Mapping[str, Any]) -> list[DriftResult]:
         """Add one row; returns the results of the window it closes, else ``[]``."""
-        if self._references is None:
-            self._add_reference_row(x)
-            if self._reference_rows >= self.reference_size:
-                self._finish_reference()
-            return []
-        for name, buf, numeric in self._slots:
-            v = x.get(name)
-            if v is None:
-                continue
-            if numeric:
-                if type(v) is float:
-                    if v - v != 0.0:  # NaN or infinite
-                        continue
-                else:
-                    v = _number(v)
-                    if v is None:
-                        continue
-            elif type(v) is not str:
-                v = category_key(v)
-            buf.append(v)
-        self._window_rows += 1
-        if self._window_rows >= self.window_size:
-            return self._close_window()
-        return []
+        closed = self.update_many((x,))
+        return closed[0][1] if closed else []
 
     def update_many(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[DriftResult]]]:
-        """:meth:`update` of each row in turn, in one pass per feature and window.
+        """Add the rows in turn, in one pass per feature and window (missing and non-finite values
+        of a numeric feature are skipped, categories are canonical text).
 
         Returns ``(index, results)`` for each row that closed a window (``index`` into ``rows``).
 
@@ -377,8 +356,10 @@ class FeatureDriftMonitor:
         out: list[tuple[int, list[DriftResult]]] = []
         start, n = 0, len(rows)
         while start < n and self._references is None:  # the reference fills row by row
-            self.update(rows[start])
+            self._add_reference_row(rows[start])
             start += 1
+            if self._reference_rows >= self.reference_size:
+                self._finish_reference()
         while start < n:
             end = min(n, start + max(1, self.window_size - self._window_rows))
             chunk = rows[start:end] if start or end < n else rows

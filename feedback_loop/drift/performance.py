@@ -392,22 +392,12 @@ class PerformanceEstimator:
         label lands (see :meth:`WindowEstimate.reconcile`). A window past ``window_size`` keeps
         growing until :meth:`close_window`.
         """
-        c = _check_confidence(confidence)
-        pid = str(prediction_id)
-        b = self._bin(c)
-        self._win_n[b] += 1
-        self._win_conf[b] += c
-        self._unl_n[b] += 1
-        self._unl_conf[b] += c
-        self._unlabeled[pid] = (b, c)
-        if self._win_count == 0:
-            self._first_id = pid
-        self._last_id = pid
-        self._win_count += 1
+        self.observe_predictions((prediction_id,), (confidence,))
         return self._index
 
     def observe_predictions(self, prediction_ids: Sequence[str], confidences: Sequence[float]) -> None:
-        """:meth:`observe_prediction` of each pair in turn (the caller closes full windows).
+        """:meth:`observe_prediction` of each pair in turn (the caller closes full windows; a
+        confidence outside ``[0, 1]`` raises when its turn comes).
 
         >>> one, many = PerformanceEstimator(window_size=4), PerformanceEstimator(window_size=4)
         >>> for pid, c in [("a", 0.9), ("b", 0.55), ("c", 1.0)]:
@@ -416,14 +406,12 @@ class PerformanceEstimator:
         >>> many.to_dict() == one.to_dict()
         True
         """
-        bins, win_n, win_conf = self.bins, self._win_n, self._win_conf
+        win_n, win_conf = self._win_n, self._win_conf
         unl_n, unl_conf, unlabeled = self._unl_n, self._unl_conf, self._unlabeled
         last = None
         for pid, confidence in zip(prediction_ids, confidences):
             c = _check_confidence(confidence)
-            b = int(c * bins)
-            if b >= bins:
-                b = bins - 1
+            b = self._bin(c)
             win_n[b] += 1
             win_conf[b] += c
             unl_n[b] += 1

@@ -77,73 +77,36 @@ class BudgetGate:
 
     def admit(self, priority: float | None, t: float) -> bool:
         """Whether to route an item of ``priority`` (``None``: no policy scored it) at event time ``t``."""
-        if type(t) is not float and type(t) is not int:
-            raise TypeError(f"event time {t!r} is not a number")
-        # The latest event time seen, per arrival: its progress over the window measures the rate
-        # even when partitions read in turns deliver times out of order (a steady skew cancels).
-        times = self._times
-        if times:
-            last = times[-1]
-            times.append(last if last >= t else t)
-        else:
-            times.append(t)
-        fraction = self.fraction()
-        self.tokens = min(self.burst, self.tokens + fraction)
-        value = 0.0 if priority is None else priority
-        ok = priority is not None and value > 0.0 and value >= self.threshold(fraction) and self.tokens >= 1.0
-        if ok:
-            self.tokens -= 1.0
-        ordered = self._sorted
-        bisect.insort(ordered, value)
-        recent = self._recent
-        recent.append(value)
-        if len(recent) > self.window:
-            del ordered[bisect.bisect_left(ordered, recent.popleft())]
-        self.seen += 1
-        self.admitted += ok
-        return ok
+        return self.admit_many((priority,), (t,))[0]
 
     def admit_many(self, priorities: Sequence[float | None], times: Sequence[float]) -> list[bool]:
-        """:meth:`admit` of each ``(priority, t)`` in turn, in one loop (the same decisions)."""
+        """:meth:`admit` of each ``(priority, t)`` in turn; an event time that is not a number is
+        refused before anything changes."""
         if not all(type(t) is float or type(t) is int for t in times):
-            raise TypeError("an event time is not a number")  # (before anything changes)
-        seen, sorted_, recent = self._times, self._sorted, self._recent
-        full = seen.maxlen
+            raise TypeError(f"event times must be numbers, got {[t for t in times if type(t) not in (float, int)]!r}")
+        seen, ordered, recent = self._times, self._sorted, self._recent
         insort, bisect_left = bisect.insort, bisect.bisect_left
-        budget, burst, window, min_history = self.budget_per_hour, self.burst, self.window, self.min_history
-        half = burst / 2.0
-        tokens = self.tokens
         out = []
         for priority, t in zip(priorities, times):
+            # The latest event time seen, per arrival: its progress over the window measures the
+            # rate even when partitions read in turns deliver times out of order (a steady skew
+            # cancels).
             if seen:
                 last = seen[-1]
                 seen.append(last if last >= t else t)
             else:
                 seen.append(t)
-            count = len(seen)
-            fraction = 1.0  # (as in fraction())
-            if count >= 2:
-                span = seen[-1] - seen[0]
-                if span > 0:
-                    fraction = min(1.0, budget / ((count - 1) * 3600.0 / span))
-                elif count == full:
-                    fraction = 0.0
-            tokens = min(burst, tokens + fraction)
+            fraction = self.fraction()
+            self.tokens = min(self.burst, self.tokens + fraction)
             value = 0.0 if priority is None else priority
-            ok = False
-            if priority is not None and value > 0.0 and tokens >= 1.0:
-                n = len(sorted_)  # (as in threshold())
-                if n >= min_history:
-                    k = int((1.0 - min(1.0, fraction * 2.0 ** ((tokens - half) / half))) * n)
-                    ok = k < n and value >= sorted_[k]
+            ok = priority is not None and value > 0.0 and self.tokens >= 1.0 and value >= self.threshold(fraction)
             if ok:
-                tokens -= 1.0
-            insort(sorted_, value)
+                self.tokens -= 1.0
+            insort(ordered, value)
             recent.append(value)
-            if len(recent) > window:
-                del sorted_[bisect_left(sorted_, recent.popleft())]
+            if len(recent) > self.window:
+                del ordered[bisect_left(ordered, recent.popleft())]
             out.append(ok)
-        self.tokens = tokens
         self.seen += len(out)
         self.admitted += sum(out)
         return out

@@ -49,8 +49,9 @@ POLICIES = ("least_confidence", "margin", "entropy", "learned", "shadow", "label
 #: without). ``label_error`` is opt-in: next to a drifting model most confident contradictions are
 #: the model's errors, not the labels'.
 DEFAULT_POLICIES = ("learned", "disagreement")
-#: What a malformed observation raises (see :meth:`Router.on_predictions`).
-_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+#: What a malformed observation raises (see :meth:`Router.on_predictions`); the monitors make a
+#: dead letter of it.
+MALFORMED_OBSERVATION = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,6 @@ class Router:
             disagree = str(shadow["y"]) != prediction
             found["disagreement"] = float(shadow.get("c") or 0.5) if disagree else 0.0
         thresholds = self.config.thresholds
-        if not thresholds:
-            return {k: v for k, v in found.items() if v is not None and k in enabled}
         return {k: v for k, v in found.items()
                 if v is not None and k in enabled and v >= thresholds.get(k, 0.0)}
 
@@ -153,13 +152,8 @@ class Router:
         if type(obs["y"]) is float:
             return []
         scored = self.scores(obs)
-        if len(scored) == 1:
-            (reason, priority), = scored.items()
-        elif scored:
-            reason = max(scored, key=lambda k: (scored[k], k))
-            priority = scored[reason]
-        else:
-            reason = priority = None
+        reason = max(scored, key=lambda k: (scored[k], k)) if scored else None
+        priority = None if reason is None else scored[reason]
         # An item labeled on arrival still counts in the gate's view of the priorities and the
         # rate, but competes for nothing.
         t = obs["t"]
@@ -196,7 +190,7 @@ class Router:
                     try:
                         out[i] = [self._request(obs, "learned", min(1.0, max(0.0, priority)), t,
                                                 {"learned": priority})]
-                    except _MALFORMED as exc:
+                    except MALFORMED_OBSERVATION as exc:
                         if on_error is None:
                             raise
                         on_error(i, exc)
@@ -217,7 +211,7 @@ class Router:
                     if type(t) is not float and type(t) is not int:
                         raise TypeError(f"event time {t!r} is not a number")  # (as admit says)
                     pending.append((i, obs, priority, t))
-            except _MALFORMED as exc:
+            except MALFORMED_OBSERVATION as exc:
                 if on_error is None:
                     raise
                 on_error(i, exc)
