@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feedback_loop.metrics import METRIC_FIELDS, Accumulator, RollingWindow, Sample, make_sample
+from feedback_loop.metrics.window import linear_quantile
 
 CLASSES = ["a", "b", "c"]
 N_IDS = 30
@@ -102,9 +103,45 @@ def test_result_is_exact(case):
     if kept:
         delays = np.array([s.delay for s in kept])
         for k, q in (("label_delay_p50", 50), ("label_delay_p95", 95)):
-            assert math.isclose(got[k], float(np.percentile(delays, q)), rel_tol=1e-9, abs_tol=1e-12)
+            assert got[k] == float(np.percentile(delays, q)), k  # bit for bit
     else:
         assert got["label_delay_p50"] is None and got["label_delay_p95"] is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=streams(), reads=st.lists(st.booleans(), min_size=80, max_size=80))
+def test_a_window_read_between_upserts_equals_a_recount_at_every_step(case, reads):
+    """From its first read on a window keeps its metrics up to date: at every step they are
+    what a window built from the same upserts and read once computes, bit for bit."""
+    size, stream = case
+    w = RollingWindow(size)
+    w.result()  # read from the start: every upsert then updates the kept metrics
+    for i, s in enumerate(stream):
+        w.upsert(s)
+        if reads[i]:
+            assert w.result() == window_of(stream[: i + 1], size).result()
+    assert w.result() == window_of(stream, size).result()
+
+
+def test_a_window_first_read_late_counts_what_it_holds():
+    w = RollingWindow(2)
+    for pid, at in [(0, 1.0), (1, 2.0), (2, 3.0)]:
+        w.upsert(sample_for(pid, at, "a", float(pid)))
+    r = w.result()  # id0 was evicted before the first read
+    assert (r["count"], r["label_delay_p50"]) == (2, 1.5)
+    w.upsert(sample_for(3, 4.0, "b", 10.0))  # evicts id1
+    w.upsert(sample_for(2, 3.0, "b", 4.0))  # revises id2
+    r = w.result()
+    assert (r["count"], r["label_delay_p50"], r["label_delay_p95"]) == (2, 7.0, 9.7)
+    assert r == window_of([sample_for(3, 4.0, "b", 10.0), sample_for(2, 3.0, "b", 4.0)], 2).result()
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.floats(0.0, 1e12, allow_nan=False), min_size=1, max_size=60),
+       q=st.sampled_from([0.0, 0.05, 0.25, 0.5, 0.95, 1.0]))
+def test_linear_quantile_is_numpy_percentile_bit_for_bit(values, q):
+    ordered = sorted(values)
+    assert linear_quantile(ordered, q) == float(np.percentile(np.array(values), q * 100))
 
 
 def test_result_is_a_copy_and_tracks_upserts():
