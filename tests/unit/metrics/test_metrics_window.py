@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedback_loop.metrics import METRIC_FIELDS, Accumulator, RollingWindow, Sample, make_sample
+from feedback_loop.metrics import (
+    METRIC_FIELDS,
+    Accumulator,
+    RollingWindow,
+    Sample,
+    make_sample,
+)
 from feedback_loop.metrics.window import linear_quantile
 
 CLASSES = ["a", "b", "c"]
