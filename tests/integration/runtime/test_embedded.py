@@ -111,6 +111,32 @@ def test_redis_persists_across_restarts_on_the_same_ports(
         client.close()
 
 
+def test_redis_killed_during_an_aof_rewrite_loses_nothing(
+    make_servers: Callable[..., EmbeddedServers],
+) -> None:
+    """The embedded Redis skips fsyncs while it rewrites its AOF (they would block its
+    replies); what it acknowledged is in the OS's page cache, so a kill -9 loses nothing."""
+    first = make_servers().start()
+    kafka_port, redis_port = first.kafka_port, first.redis_port
+    client = redis.Redis.from_url(first.redis_url)
+    assert client.config_get("no-appendfsync-on-rewrite") == {"no-appendfsync-on-rewrite": "yes"}
+    assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    client.mset({f"fl:test:before:{i}": "x" * 100 for i in range(20_000)})
+    client.bgrewriteaof()
+    client.mset({f"fl:test:during:{i}": str(i) for i in range(1_000)})
+    client.close()
+    os.kill(first.pids["redis"], signal.SIGKILL)
+    first.stop(timeout=5)
+
+    second = make_servers(kafka_port=kafka_port, redis_port=redis_port).start()
+    client = redis.Redis.from_url(second.redis_url)
+    try:
+        assert client.dbsize() == 21_000
+        assert client.get("fl:test:during:999") == b"999"
+    finally:
+        client.close()
+
+
 def test_busy_kafka_port_is_reported(
     make_servers: Callable[..., EmbeddedServers], busy_port: int
 ) -> None:
