@@ -264,7 +264,11 @@ async def _serve(stack: Any, settings: Settings, host: str, port: int) -> None:
             stack.check_workers()
             await asyncio.sleep(0.5)
     finally:
-        await runner.cleanup()
+        # (bounded: aiohttp would wait up to a minute for open connections to finish)
+        try:
+            await asyncio.wait_for(runner.cleanup(), settings.shutdown_timeout_seconds)
+        except asyncio.TimeoutError:
+            say("the web server did not close within the shutdown timeout; stopping anyway")
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:

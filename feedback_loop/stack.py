@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -139,13 +140,16 @@ class LocalStack:
                 f"the review-queue consumer exited with code {code}; its log: {self.log_dir}/reviews.log")
 
     def stop(self) -> None:
-        """Stop workers, then servers; bounded by ``shutdown_timeout_seconds`` each."""
+        """Stop the review consumer and the workers together, then the servers; each step is
+        bounded by ``shutdown_timeout_seconds`` (graceful, then killed), so the whole stop takes
+        at most about twice that, however many workers there are."""
         timeout = self.settings.shutdown_timeout_seconds
-        if self.reviews is not None:
-            processes.stop(self.reviews, timeout)
-            self.reviews = None
-        for proc in reversed(self.procs):
-            processes.stop(proc, timeout)
+        children = ([] if self.reviews is None else [self.reviews]) + self.procs[::-1]
+        if children:
+            # one thread per child: each waits out its own grace period at the same time
+            with ThreadPoolExecutor(max_workers=len(children), thread_name_prefix="stop") as pool:
+                list(pool.map(lambda proc: processes.stop(proc, timeout), children))
+        self.reviews = None
         self.procs.clear()
         if self.servers is not None:
             self.servers.stop(timeout)
