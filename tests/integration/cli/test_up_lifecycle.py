@@ -22,10 +22,15 @@ STOP_TIMEOUT = 30.0
 def start_up(tmp: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDBACK_LOOP_")}
     env["FEEDBACK_LOOP_BROKER_REBALANCE_TIMEOUT"] = "1"
+    # each graceful step of the stop (web server, workers and review consumer, servers) gets 5 s
+    # before a kill: the whole stop is bounded well inside STOP_TIMEOUT
+    env["FEEDBACK_LOOP_SHUTDOWN_TIMEOUT_SECONDS"] = "5"
+    tmp.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "feedback_loop", "up", "--web-port", "0", "--partitions", "2",
          "--data-dir", str(tmp)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=(tmp / "up-stderr.txt").open("w"), text=True, env=env,
+        start_new_session=True)
     lines: dict[str, str] = {}
     deadline = time.monotonic() + START_TIMEOUT
     assert proc.stdout is not None
@@ -55,7 +60,13 @@ def test_up_stops_cleanly_five_times(tmp_path: Path, signum: int) -> None:
             family = descendants(proc.pid)
             assert len(family) >= 3, f"expected broker, redis and worker below up, got {family}"
             proc.send_signal(signum)
-            assert proc.wait(timeout=STOP_TIMEOUT) == 0
+            try:
+                code = proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"up did not stop within {STOP_TIMEOUT:.0f} s of {signum!r} (round {round_}); "
+                            f"its stderr ends with:\n{(data_dir / 'up-stderr.txt').read_text()[-3000:]}\n"
+                            f"logs in {data_dir / 'logs'}")
+            assert code == 0
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
