@@ -212,6 +212,15 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop()
 
 
+def _handle_stop_signals() -> None:
+    """SIGINT and SIGTERM stop the stack, whatever this process inherited: a parent that blocks
+    or ignores them (a test runner, a supervisor, a background job) would otherwise leave
+    ``up`` deaf to Ctrl-C and ``kill -INT``."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+
+
 def _ignore_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -227,7 +236,7 @@ def _local_stack(settings: Settings, args: argparse.Namespace, workers: int = 1)
 def _supervised(settings: Settings, args: argparse.Namespace, body: Callable[[Any, Settings], None],
                 workers: int = 1) -> int:
     """Run ``body(stack, resolved)`` with the stack up; stop everything however it ends."""
-    signal.signal(signal.SIGTERM, _raise_stop)
+    _handle_stop_signals()
     stack = _local_stack(settings, args, workers)
     try:
         resolved = stack.start()

@@ -17,17 +17,26 @@ from support.procs import descendants, pid_gone
 
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
+#: runs ``python -m feedback_loop ARGS`` after a change to the signals it inherits
+LAUNCH = ("import os, signal, sys; {}; "
+          "os.execv(sys.executable, [sys.executable, '-m', 'feedback_loop', *sys.argv[1:]])")
 
 
-def start_up(tmp: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_up(tmp: Path, inherit: str = "") -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """``up`` in ``tmp``; ``inherit`` ``"blocked"`` or ``"ignored"`` starts it with SIGINT so."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDBACK_LOOP_")}
     env["FEEDBACK_LOOP_BROKER_REBALANCE_TIMEOUT"] = "1"
     # each graceful step of the stop (web server, workers and review consumer, servers) gets 5 s
     # before a kill: the whole stop is bounded well inside STOP_TIMEOUT
     env["FEEDBACK_LOOP_SHUTDOWN_TIMEOUT_SECONDS"] = "5"
     tmp.mkdir(parents=True, exist_ok=True)
+    launcher = {
+        "": ["-m", "feedback_loop"],
+        "blocked": ["-c", LAUNCH.format("signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})")],
+        "ignored": ["-c", LAUNCH.format("signal.signal(signal.SIGINT, signal.SIG_IGN)")],
+    }[inherit]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "feedback_loop", "up", "--web-port", "0", "--partitions", "2",
+        [sys.executable, *launcher, "up", "--web-port", "0", "--partitions", "2",
          "--data-dir", str(tmp)],
         stdout=subprocess.PIPE, stderr=(tmp / "up-stderr.txt").open("w"), text=True, env=env,
         start_new_session=True)
@@ -77,3 +86,21 @@ def test_up_stops_cleanly_five_times(tmp_path: Path, signum: int) -> None:
         assert not [p for p in family if not pid_gone(p)], "processes outlived `up`"
         for port in (kafka_port, redis_port, web_port):
             assert port_is_free("127.0.0.1", port), f"port {port} still taken after round {round_}"
+
+
+@pytest.mark.parametrize("inherit", ["blocked", "ignored"])
+def test_up_stops_on_sigint_that_it_inherited_blocked_or_ignored(tmp_path: Path, inherit: str) -> None:
+    """A parent that blocks or ignores SIGINT (test runners, supervisors, background jobs do)
+    must not leave ``up`` deaf to it."""
+    proc, lines = start_up(tmp_path / "run", inherit)
+    try:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"up ignored SIGINT that it inherited {inherit}")
+        assert code == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
