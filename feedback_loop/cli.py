@@ -213,10 +213,9 @@ def _raise_stop(signum: int, frame: Any) -> None:
 
 
 def _handle_stop_signals() -> None:
-    """SIGINT and SIGTERM stop the stack, whatever this process inherited: a parent that blocks
-    or ignores them (a test runner, a supervisor, a background job) would otherwise leave
-    ``up`` deaf to Ctrl-C and ``kill -INT``."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    """SIGINT and SIGTERM stop the stack, even when the parent ignored them (a test runner, a
+    supervisor, a background job): ``up`` is not deaf to Ctrl-C and ``kill -INT``. (A blocked
+    signal is unblocked for every command in :func:`main`.)"""
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
 
@@ -415,6 +414,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # a parent may pass these down blocked; every command stops on them (and so do its children)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

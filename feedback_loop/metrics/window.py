@@ -147,35 +147,30 @@ class RollingWindow:
         """
         by_id, heap = self._by_id, self._heap
         pid = s.prediction_id
-        old = by_id.get(pid)
-        if old is not None:
+        gone = by_id.get(pid)  # the sample s replaces, or the one it evicts
+        evicted: str | None = None
+        if gone is not None:
             by_id[pid] = s
-            if self._tally is not None:
-                self._count(old, -1)
-                self._count(s, 1)
-            if old.predicted_at != s.predicted_at:
+            if gone.predicted_at != s.predicted_at:
                 heapq.heappush(heap, _key(s))
                 if len(heap) > 2 * len(by_id) + 16:
                     self._heap = [_key(x) for x in by_id.values()]
                     heapq.heapify(self._heap)
-            self._result = None
-            return None
-        key = _key(s)
-        evicted: str | None = None
-        if len(by_id) >= self.size:
-            self._clean_top()
-            if key < heap[0]:
-                return pid
-            # Key above the minimum: insert and evict the minimum.
-            _, evicted = heapq.heapreplace(heap, key)
-            if self._tally is not None:
-                self._count(by_id[evicted], -1)
-            del by_id[evicted]
-            by_id[pid] = s
         else:
+            key = _key(s)
+            if len(by_id) >= self.size:
+                self._clean_top()
+                if key < heap[0]:
+                    return pid
+                # Key above the minimum: insert and evict the minimum.
+                _, evicted = heapq.heapreplace(heap, key)
+                gone = by_id.pop(evicted)
+            else:
+                heapq.heappush(heap, key)
             by_id[pid] = s
-            heapq.heappush(heap, key)
         if self._tally is not None:
+            if gone is not None:
+                self._count(gone, -1)
             self._count(s, 1)
         self._result = None
         return evicted
