@@ -27,11 +27,45 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from river import linear_model, multiclass, preprocessing
+from river import compose, linear_model, multiclass, optim, preprocessing
+from river.utils.math import sigmoid
 
 from feedback_loop.routing.vectorize import vectorize
+
+
+#: ``score(features, prediction, confidence) -> (learned, shadow)``, see :meth:`ErrorModel.scorer`
+Scorer = Callable[[Mapping[str, Any], str, "float | None"], tuple[float, float]]
+
+
+def _logistic(model: Any) -> tuple[Any, float] | None:
+    """The weights and intercept of a plain logistic regression (log loss), else ``None``."""
+    if type(model) is linear_model.LogisticRegression and type(model.loss) is optim.losses.Log:
+        return model._weights, model.intercept
+    return None
+
+
+def _bound(pipeline: compose.Pipeline) -> tuple[Callable[[dict], dict], list[tuple[Any, Any, float]], bool] | None:
+    """``StandardScaler() | LogisticRegression()`` (or a one-vs-rest of them) as its scaler's
+    transform, each binary model's ``(label, weights, intercept)`` and whether it is one-vs-rest;
+    ``None`` for any other pipeline."""
+    steps = list(pipeline.steps.values())
+    if len(steps) != 2 or type(steps[0]) is not preprocessing.StandardScaler:
+        return None
+    last = steps[1]
+    if (plain := _logistic(last)) is not None:
+        return steps[0].transform_one, [(True, *plain)], False
+    if type(last) is multiclass.OneVsRestClassifier:
+        models = [(label, _logistic(model)) for label, model in last.classifiers.items()]
+        if models and all(m is not None for _, m in models):
+            return steps[0].transform_one, [(label, *m) for label, m in models], True  # type: ignore[misc]
+    return None
+
+
+def _learns_during_predict() -> bool:
+    """River's ``learn_during_predict()`` is on: its pipelines update their scalers as they predict."""
+    return bool(compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT)
 
 
 class ErrorModel:
@@ -62,12 +96,61 @@ class ErrorModel:
     def scores(self, features: Mapping[str, Any], prediction: str,
                confidence: float | None) -> tuple[float, float] | None:
         """``(learned, shadow)`` for a new prediction, or ``None`` while warming up."""
+        score = self.scorer()
+        return None if score is None else score(features, prediction, confidence)
+
+    def _river_scores(self, features: Mapping[str, Any], prediction: str,
+                      confidence: float | None) -> tuple[float, float]:
+        z = self._inputs(vectorize(features), prediction, confidence)
+        return float(self.errors.predict_proba_one(z).get(True, 0.0)), 1.0 - z["agree"]
+
+    def scorer(self) -> Scorer | None:
+        """:meth:`scores` as a function bound to the models as they are now, for a run of
+        predictions (predicting changes no model; learning does: take a new scorer after it);
+        ``None`` while warming up.
+
+        It evaluates the scalers and logistic regressions directly: River's operations in River's
+        order, so River's floats, without the cost of its call layers per prediction
+        (``tests/unit/routing/test_routing_learned.py`` checks them bit for bit). Models of
+        another shape, or River's ``learn_during_predict()`` mode, go through River's calls.
+
+        >>> model = ErrorModel(warmup=10)
+        >>> for i in range(50):
+        ...     model.learn({"x": float(i % 2)}, "a", 0.9, "a" if i % 2 else "b")
+        >>> model.scorer()({"x": 1.0}, "a", 0.9) == model._river_scores({"x": 1.0}, "a", 0.9)
+        True
+        """
         if self.learned < self.warmup:
             return None
-        x = vectorize(features)
-        z = self._inputs(x, prediction, confidence)
-        wrong = float(self.errors.predict_proba_one(z).get(True, 0.0))
-        return wrong, 1.0 - z["agree"]
+        labels, errors = _bound(self.labels), _bound(self.errors)
+        if labels is None or errors is None or errors[2] or _learns_during_predict():
+            return self._river_scores
+        two = len(self.classes) >= 2
+        recent_error = self.recent_error
+        label_transform, label_models, _ = labels
+        error_transform, ((_, error_weights, error_intercept),), _ = errors
+
+        def score(features: Mapping[str, Any], prediction: str, confidence: float | None) -> tuple[float, float]:
+            x = vectorize(features)
+            if two:  # OneVsRestClassifier.predict_proba_one(x).get(prediction, 0.0)
+                z = label_transform(x)
+                y_pred, total = {}, 0.0
+                for label, weights, intercept in label_models:
+                    y_pred[label] = yp = sigmoid(weights.dot(z) + intercept)
+                    total += yp
+                if prediction not in y_pred:
+                    agree = 0.0
+                else:
+                    agree = float(y_pred[prediction] / total if total else 1 / len(y_pred))
+            else:
+                agree = 0.5
+            inputs = {"agree": agree, "recent_error": recent_error, f"predicted={prediction}": 1.0}
+            if confidence is not None:
+                inputs["confidence"] = float(confidence)
+            wrong = sigmoid(error_weights.dot(error_transform(inputs)) + error_intercept)
+            return float(wrong), 1.0 - agree
+
+        return score
 
     def learn(self, features: Mapping[str, Any], prediction: str, confidence: float | None,
               label: str) -> None:

@@ -169,15 +169,16 @@ class Router:
         exception)`` receives a malformed observation's error and the others go on (without it,
         the error is raised).
 
-        With the default policies (``learned``, ``disagreement``) and no thresholds, while the
-        error model still warms up (the ``learned`` score is then the least-confidence score),
-        the scores are computed here in one loop; otherwise, and for an observation carrying a
-        challenger's shadow prediction, :meth:`on_prediction` does it.
+        With the default policies (``learned``, ``disagreement``) and no thresholds, the
+        ``learned`` score is the only one (the error model's, or the least-confidence score while
+        it warms up; predictions do not change the error model, so a run is scored by one model)
+        and the gate takes the priorities of a stretch of predictions at once; otherwise, and for
+        an observation carrying a challenger's shadow prediction, :meth:`on_prediction` does it.
         """
         out: dict[int, list[dict[str, Any]]] = {}
         enabled = self.config.policies
-        plain = (not self.config.thresholds and "learned" in enabled and set(enabled) <= {"learned", "disagreement"}
-                 and self.errors.learned < self.errors.warmup)
+        plain = not self.config.thresholds and "learned" in enabled and set(enabled) <= {"learned", "disagreement"}
+        score = self.errors.scorer() if plain else None
         # plain: the gate takes the priorities of a stretch of predictions at once
         pending: list[tuple[int, dict[str, Any], float | None, float]] = []
 
@@ -207,7 +208,11 @@ class Router:
                     if requests := self.on_prediction(obs):
                         out[i] = requests
                 elif type(obs["y"]) is not float:
-                    priority, t = least_confidence(obs.get("s"), obs.get("c")), obs["t"]
+                    if score is not None:  # (the checks and the order of on_prediction's reads)
+                        priority = score(obs.get("x") or {}, str(obs["y"]), obs.get("c"))[0]
+                    else:
+                        priority = least_confidence(obs.get("s"), obs.get("c"))
+                    t = obs["t"]
                     if type(t) is not float and type(t) is not int:
                         raise TypeError(f"event time {t!r} is not a number")  # (as admit says)
                     pending.append((i, obs, priority, t))

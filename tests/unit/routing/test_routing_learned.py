@@ -7,6 +7,10 @@ import copy
 import pickle
 import random
 
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+
 from feedback_loop.routing.learned import ErrorModel
 
 
@@ -127,3 +131,52 @@ def test_recent_error_follows_the_error_rate_with_the_halflife():
     for _ in range(10):
         model.learn({}, "a", 0.9, "b")  # ten errors: the 0.5 start moves half way to 1
     assert abs(model.recent_error - 0.75) < 1e-12
+
+
+def _river_scores(model: ErrorModel, features: dict, prediction: str, confidence: float | None):
+    """``ErrorModel.scores`` computed with River's own ``predict_proba_one`` calls."""
+    from feedback_loop.routing.vectorize import vectorize
+
+    x = vectorize(features)
+    if len(model.classes) >= 2:
+        agree = float(model.labels.predict_proba_one(x).get(prediction, 0.0))
+    else:
+        agree = 0.5
+    z = {"agree": agree, "recent_error": model.recent_error, f"predicted={prediction}": 1.0}
+    if confidence is not None:
+        z["confidence"] = float(confidence)
+    return float(model.errors.predict_proba_one(z).get(True, 0.0)), 1.0 - agree
+
+
+feature_values = st.one_of(st.floats(-1e6, 1e6), st.integers(-1000, 1000), st.sampled_from(["u", "v", "w"]),
+                           st.none(), st.booleans())
+
+
+@hyp_settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 400), st.sampled_from(["a", "b", "c", "zzz"]),
+       st.one_of(st.none(), st.floats(0, 1)),
+       st.dictionaries(st.sampled_from(["x1", "x2", "noise", "segment", "new"]), feature_values, max_size=5))
+def test_scores_equal_rivers_own_predictions_bit_for_bit(seed, n, prediction, confidence, features):
+    """The direct evaluation of the scaler and logistic regressions gives River's floats exactly,
+    and leaves the models in the state River's calls leave them in (its scaler records unseen
+    features when it transforms them)."""
+    rng = random.Random(seed)
+    model = ErrorModel(warmup=0)
+    for _ in range(n):
+        x, p, c, truth = item(rng)
+        model.learn(x, p, c if rng.random() < 0.8 else None, truth if rng.random() < 0.9 else "c")
+    ours, theirs = pickle.loads(pickle.dumps(model)), pickle.loads(pickle.dumps(model))
+    assert ours.scores(features, prediction, confidence) == _river_scores(theirs, features, prediction, confidence)
+    assert pickle.dumps(ours) == pickle.dumps(theirs)
+
+
+def test_predictions_in_rivers_learn_during_predict_mode_are_rivers_own():
+    from river import compose
+
+    model = trained(n=300, warmup=10)
+    expected = _river_scores(pickle.loads(pickle.dumps(model)), {"x1": 0.3, "x2": -1.0}, "a", 0.6)
+    with compose.learn_during_predict():  # River updates the scalers as it predicts: its calls do it
+        clone = pickle.loads(pickle.dumps(model))
+        assert clone.scores({"x1": 0.3, "x2": -1.0}, "a", 0.6) == _river_scores(
+            pickle.loads(pickle.dumps(model)), {"x1": 0.3, "x2": -1.0}, "a", 0.6)
+    assert model.scores({"x1": 0.3, "x2": -1.0}, "a", 0.6) == expected
