@@ -16,7 +16,9 @@ those same message bytes:
     worker's start-up and rebalance are not counted.
 (c) ``pipeline``: one real feedback-loop worker (``python -m feedback_loop worker``, started like
     the integration tests start it) with the full loop (join, metrics, drift, routing; learning
-    if configured). It is warmed up with a few hundred events over every partition, then paused
+    if configured). It is warmed up with ``drift_reference_size`` predictions of each model and their
+    labels (every model's drift reference is then complete: its one-off calibration is done before
+    the measured phases, which show the steady state) and left to go quiet, then paused
     with ``SIGSTOP`` (its whole process group) while the predictions are published, and resumed
     with ``SIGCONT``; the clock runs from the resume until the join checkpoints in Redis
     (``{ns}:meta:{p}``, field ``offsets``) show every partition's last applied offset at the end
@@ -645,7 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     start_ts = datetime.now(timezone.utc) - timedelta(hours=1)
     print(f"generating {n:,} predictions and {n:,} labels ...", flush=True)
     preds, labels = make_messages(n, MODELS, "bp", args.seed, start_ts)
-    warm_preds, warm_labels = make_messages(max(200, 25 * parts), MODELS, "warm", args.seed + 1,
+    # The warm-up fills each model's drift reference (its one-off calibration is not steady state)
+    warm_n = max(25 * parts, len(MODELS) * Settings().drift_reference_size)
+    warm_preds, warm_labels = make_messages(warm_n, MODELS, "warm", args.seed + 1,
                                             start_ts - timedelta(minutes=5))
     n_lat = max(1, int(args.rate * args.seconds))
     lat_preds, lat_labels = make_messages(n_lat, (LATENCY_MODEL,), "lat", args.seed + 2,
@@ -699,8 +703,12 @@ def main(argv: list[str] | None = None) -> int:
             ends: dict[tuple[str, int], int] = {}
             produce(bootstrap, settings.topic("predictions"), warm_preds, ends)
             produce(bootstrap, settings.topic("labels"), warm_labels, ends)
+            warm_started = time.monotonic()
             checkpoints.wait(ends, worker, 90.0, "the warm-up events")
-            print(f"worker pid {worker.pid} ready and warmed up ({len(warm_preds)} predictions + labels)",
+            checkpoints.wait_quiet(worker, 2.0, bench_timeout)
+            print(f"worker pid {worker.pid} ready and warmed up ({len(warm_preds):,} predictions + labels, "
+                  f"{len(warm_preds) // len(MODELS):,} per model: each drift reference is complete and "
+                  f"calibrated, which took the monitors {time.monotonic() - warm_started - 2.0:.1f} s once)",
                   flush=True)
 
             p_rate, p_pub, resumed = timed_backlog(bootstrap, settings, worker, checkpoints, "predictions", preds,
