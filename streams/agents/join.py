@@ -9,8 +9,9 @@ The join is the hot path, so it does not go through Faust's per-event stream mac
 ``Event`` object, a channel queue and an ack per message cost more than joining the message):
 :class:`JoinService` is a :class:`mode.Service` started with the Faust app that reads the three
 input topics with its own ``aiokafka`` consumer in the group ``<app_id>-join``, in batches
-(``getmany``), and publishes with its own producer. Per fetch the steps are the ones of
-:mod:`streams.agents.partitioned`, done once for all the partitions fetched: apply each
+(``getmany``), and publishes with its own producer. A fetch is cut into batches of at most
+``batch_max`` records in produced order (:func:`produced_batches`). Per batch the steps are the
+ones of :mod:`streams.agents.partitioned`, done once for all the partitions in it: apply each
 partition's records (a pure function), checkpoint all the partitions in one Redis transaction
 together with the messages they produced (each partition's outbox), publish those messages and
 wait for the acks, and only then commit the offsets (every ``COMMIT_INTERVAL`` seconds, as soon
@@ -74,6 +75,35 @@ def produced_order(runs: list[list[Any]]) -> list[Any]:
         if times != sorted(times):
             return list(heapq.merge(*runs, key=_timestamp))
     return sorted(itertools.chain.from_iterable(runs), key=_timestamp)
+
+
+def produced_batches(fetched: dict[Any, list[Any]], size: int) -> list[dict[Any, list[Any]]]:
+    """The records of one fetch (per topic partition, each in offset order) in
+    :func:`produced_order`, cut into batches of at most ``size`` records, each again per topic
+    partition (in offset order; a batch's own produced order is its share of the whole one).
+
+    A fetch may bring tens of thousands of records (every partition's prefetched response): they
+    are applied, checkpointed and published a bounded batch at a time, so the memory one batch
+    takes (its outcomes, observations, checkpoint and outbox) stays bounded, and so does the
+    time until its first results are out.
+
+    >>> from collections import namedtuple
+    >>> M = namedtuple("M", "name timestamp")
+    >>> out = produced_batches({"p": [M("a", 1), M("b", 3)], "l": [M("c", 1), M("d", 2)]}, 3)
+    >>> [{tp: [m.name for m in ms] for tp, ms in batch.items()} for batch in out]
+    [{'p': ['a'], 'l': ['c', 'd']}, {'p': ['b']}]
+    """
+    if sum(map(len, fetched.values())) <= size:
+        return [fetched] if fetched else []
+    owner = {id(m): tp for tp, run in fetched.items() for m in run}
+    ordered = produced_order(list(fetched.values()))
+    out = []
+    for start in range(0, len(ordered), size):
+        batch: dict[Any, list[Any]] = {}
+        for m in ordered[start:start + size]:
+            batch.setdefault(owner[id(m)], []).append(m)
+        out.append({tp: batch[tp] for tp in fetched if tp in batch})  # (the fetch's order breaks ties)
+    return out
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -191,7 +221,13 @@ class JoinService(Service):
             # show the monitors hours of predictions before their labels.
             batches = await self.consumer.getmany(timeout_ms=within_ms)
             if batches:
-                await self._process(batches)
+                # a partition left out of one batch (revoked, or lost to another owner) is left
+                # out of the rest of this fetch: its records are read again from where it stopped
+                skipped: set[int] = set()
+                for batch in produced_batches(batches, self.settings.batch_max):
+                    batch = {tp: messages for tp, messages in batch.items() if tp.partition not in skipped}
+                    if batch:
+                        skipped |= await self._process(batch)
                 count = sum(len(m) for m in batches.values())
                 self.activity["join_events"] = self.activity.get("join_events", 0) + count
                 self.activity["last_event_at"] = asyncio.get_running_loop().time()
@@ -199,9 +235,10 @@ class JoinService(Service):
             if not batches or time.monotonic() - self._committed_at >= COMMIT_INTERVAL:
                 await self._commit()
 
-    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """Apply one fetch: every partition's records, one round of publishing for all of them,
-        one Redis transaction for all their checkpoints, then mark their offsets to commit."""
+    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> set[int]:
+        """Apply one batch: every partition's records, one Redis transaction for all their
+        checkpoints, one round of publishing for all of them, then mark their offsets to commit;
+        return the partitions whose records were not applied (revoked, or lost to another owner)."""
         assert self.consumer is not None
         by_partition: dict[int, list[tuple[TopicPartition, list[Any]]]] = defaultdict(list)
         for tp, messages in batches.items():
@@ -251,6 +288,7 @@ class JoinService(Service):
                     self._uncommitted[tp] = messages[-1].offset + 1
                 elif tp in self.consumer.assignment():  # still ours: read the batch again
                     self.consumer.seek(tp, messages[0].offset)
+        return (set(by_partition) - set(live)) | lost
 
     async def _publish(self, messages: list[Emit]) -> None:
         """Send ``messages`` in order and wait for every ack."""
