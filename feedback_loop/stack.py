@@ -11,7 +11,6 @@ import secrets
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -144,11 +143,7 @@ class LocalStack:
         bounded by ``shutdown_timeout_seconds`` (graceful, then killed), so the whole stop takes
         at most about twice that, however many workers there are."""
         timeout = self.settings.shutdown_timeout_seconds
-        children = ([] if self.reviews is None else [self.reviews]) + self.procs[::-1]
-        if children:
-            # one thread per child: each waits out its own grace period at the same time
-            with ThreadPoolExecutor(max_workers=len(children), thread_name_prefix="stop") as pool:
-                list(pool.map(lambda proc: processes.stop(proc, timeout), children))
+        processes.stop_all(([] if self.reviews is None else [self.reviews]) + self.procs[::-1], timeout)
         self.reviews = None
         self.procs.clear()
         if self.servers is not None:

@@ -46,21 +46,12 @@ def _logistic(model: Any) -> tuple[Any, float] | None:
     return None
 
 
-def _bound(pipeline: compose.Pipeline) -> tuple[Callable[[dict], dict], list[tuple[Any, Any, float]], bool] | None:
-    """``StandardScaler() | LogisticRegression()`` (or a one-vs-rest of them) as its scaler's
-    transform, each binary model's ``(label, weights, intercept)`` and whether it is one-vs-rest;
-    ``None`` for any other pipeline."""
+def _scaled(pipeline: compose.Pipeline) -> tuple[Any, Any]:
+    """The scaler and the model of ``StandardScaler() | model``; ``(None, None)`` for another shape."""
     steps = list(pipeline.steps.values())
-    if len(steps) != 2 or type(steps[0]) is not preprocessing.StandardScaler:
-        return None
-    last = steps[1]
-    if (plain := _logistic(last)) is not None:
-        return steps[0].transform_one, [(True, *plain)], False
-    if type(last) is multiclass.OneVsRestClassifier:
-        models = [(label, _logistic(model)) for label, model in last.classifiers.items()]
-        if models and all(m is not None for _, m in models):
-            return steps[0].transform_one, [(label, *m) for label, m in models], True  # type: ignore[misc]
-    return None
+    if len(steps) == 2 and type(steps[0]) is preprocessing.StandardScaler:
+        return steps[0], steps[1]
+    return None, None
 
 
 def _learns_during_predict() -> bool:
@@ -122,13 +113,19 @@ class ErrorModel:
         """
         if self.learned < self.warmup:
             return None
-        labels, errors = _bound(self.labels), _bound(self.errors)
-        if labels is None or errors is None or errors[2] or _learns_during_predict():
+        label_scaler, ovr = _scaled(self.labels)
+        error_scaler, error_model = _scaled(self.errors)
+        errors = _logistic(error_model)
+        labels = ([(label, _logistic(model)) for label, model in ovr.classifiers.items()]
+                  if type(ovr) is multiclass.OneVsRestClassifier else [])
+        if (errors is None or not labels or any(m is None for _, m in labels) or label_scaler is None
+                or error_scaler is None or _learns_during_predict()):
             return self._river_scores
         two = len(self.classes) >= 2
         recent_error = self.recent_error
-        label_transform, label_models, _ = labels
-        error_transform, ((_, error_weights, error_intercept),), _ = errors
+        label_transform, error_transform = label_scaler.transform_one, error_scaler.transform_one
+        label_models = [(label, *model) for label, model in labels]
+        error_weights, error_intercept = errors
 
         def score(features: Mapping[str, Any], prediction: str, confidence: float | None) -> tuple[float, float]:
             x = vectorize(features)

@@ -253,6 +253,18 @@ def stop(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
     return proc.returncode
 
 
+def stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> list[int | None]:
+    """:func:`stop` for several children whose grace periods run at once: ``SIGTERM`` goes to
+    every group first, then each child gets what is left of one ``timeout`` before ``SIGKILL``.
+    The whole stop takes about ``timeout``, not ``timeout`` per child. Returns their exit codes
+    (as :func:`stop` does), in order."""
+    for proc in procs:
+        if proc.returncode is None and proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM if timeout > 0 else signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    return [stop(proc, max(0.0, deadline - time.monotonic())) for proc in procs]
+
+
 def _forget(proc: subprocess.Popen[bytes]) -> None:
     with _LIVE_LOCK:
         _LIVE.discard(proc)
