@@ -204,8 +204,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 # ---------------------------------------------------------------------- commands
-class _Stop(Exception):
-    """SIGTERM arrived."""
+class _Stop(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived. It is raised wherever the interpreter is when the signal lands,
+    so it takes Ctrl-C's path: asyncio (its transports, callbacks and tasks) re-raises a
+    ``KeyboardInterrupt`` where it would log and swallow any other exception."""
 
 
 def _raise_stop(signum: int, frame: Any) -> None:

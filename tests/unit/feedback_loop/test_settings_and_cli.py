@@ -55,3 +55,42 @@ def test_up_refuses_a_taken_web_port_before_starting_anything(capsys):
         port = sock.getsockname()[1]
         assert cli.main(["up", "--web-port", str(port)]) == 1
     assert f"port {port} on 127.0.0.1 is taken" in capsys.readouterr().err
+
+
+def test_a_stop_signal_raised_inside_an_asyncio_write_is_not_swallowed() -> None:
+    """``up`` stops on SIGTERM whatever the event loop is doing when it lands: asyncio's transports
+    log and swallow any exception raised while they write, except ``KeyboardInterrupt`` and
+    ``SystemExit``, so the stop raised by the signal handler must be one of those (a stop landing
+    in the web server's response write was lost, and ``up`` ran on)."""
+    import asyncio
+    import socket
+
+    import pytest
+
+    from feedback_loop import cli
+
+    class Interrupted:
+        """A socket whose send is interrupted by the stop signal's handler."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def send(self, data: bytes) -> int:
+            cli._raise_stop(15, None)
+            return 0
+
+        def __getattr__(self, name: str):
+            return getattr(self.sock, name)
+
+    async def write_when_the_signal_lands() -> None:
+        left, right = socket.socketpair()
+        try:
+            _, writer = await asyncio.open_connection(sock=left)
+            writer.transport._sock = Interrupted(left)  # type: ignore[attr-defined]
+            writer.write(b"response")
+            await asyncio.sleep(0.05)
+        finally:
+            right.close()
+
+    with pytest.raises(cli._Stop):
+        asyncio.run(write_when_the_signal_lands())
