@@ -201,8 +201,9 @@ class MonitorPartition:
             out.append(Emit("model-updates", update["model"].encode(), ModelUpdate.model_validate(update).to_json()))
         return out
 
-    def _checkpoints(self, now: float) -> list[Emit]:
-        """Registry versions due (written before the batch is published), announced as updates."""
+    def finish(self, now: float) -> list[Emit]:
+        """End a batch of :meth:`apply` calls at wall time ``now``: the registry versions due
+        (written before the batch is published), announced as updates."""
         out = []
         for model in sorted(self._dirty_learners):
             learner = self.learners[model]
@@ -225,10 +226,11 @@ class MonitorPartition:
         return router.on_prediction(obs) if obs["k"] == "p" else router.on_outcome(obs)
 
     def apply_all(self, records: list[Record], now: float = 0.0) -> list[Emit]:
+        """:meth:`apply` each record in turn, then :meth:`finish` the batch."""
         out: list[Emit] = []
         for record in records:
             out.extend(self.apply(record))
-        return out + self._checkpoints(now)
+        return out + self.finish(now)
 
     def changes(self, signer: Signer) -> MonitorChanges:
         """What to store: dirty monitors, references that just completed, estimates, offsets, alerts."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import socket
 import time
 from typing import Any
@@ -107,7 +106,7 @@ class _Worker(faust.Worker):
 
 
 def tune_gc() -> None:
-    """Collect the young generations less often; switch threads more often.
+    """Collect the young generations less often.
 
     A worker holds hundreds of thousands of long-lived objects (join entries, windows, model
     states); with the default thresholds (700, 10, 10) the collector walks them so often that it
@@ -117,9 +116,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()  # what exists after start-up is never scanned again
     gc.set_threshold(50_000, 20, 100)
-    # The monitors run in a thread beside the event loop: when the loop wakes (a fetch, an ack, a
-    # Redis reply) it waits for the interpreter lock at most this long (default 5 ms).
-    sys.setswitchinterval(0.001)
 
 
 def run_worker(settings: Settings) -> None:
