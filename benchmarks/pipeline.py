@@ -72,6 +72,11 @@ Caveats
   grows with the state the endpoint merges; the poller's requests also take CPU from the worker.
 * When the worker cannot keep up with ``--rate``, labels queue and the latency grows over the
   run: the percentiles then measure the backlog, not a steady state.
+* Redis rewrites its append-only file when the file has doubled since the last rewrite: it forks,
+  and the child writes the whole dataset (about 100 MB here) while this machine's two cores are
+  already busy, which slows Redis's replies, and so the checkpoints, for a second or two. Whether
+  that lands in the 10 s latency run varies from run to run; the run reports how many rewrites it
+  saw (``redis_aof_rewrites_during_latency_run``).
 * The Faust baseline uses Faust's defaults (in-memory table store, changelog topic on the broker),
   as a user's first version would.
 """
@@ -439,6 +444,11 @@ class Checkpoints:
             time.sleep(0.25)
         raise RuntimeError(f"the worker did not go quiet within {timeout:.0f} s\n" + _tail(worker.log_path))
 
+    def aof_rewrites(self) -> int:
+        """Rewrites of Redis's append-only file so far: the server's forks (the embedded Redis takes
+        no RDB snapshots and has no replicas, so a rewrite is its only reason to fork)."""
+        return int(self.redis.info("stats")["total_forks"])
+
     def close(self) -> None:
         self.redis.close()
 
@@ -742,8 +752,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the monitors worked off the backlogs' observations {settle:.1f} s later", flush=True)
             print(f"latency run: {n_lat:,} labels at {args.rate:,.0f}/s ...", flush=True)
             stats: dict[str, Any] = {"polls": 0, "poll_seconds": 0.0}
+            rewrites_before = checkpoints.aof_rewrites()
             lat = asyncio.run(latency_run(settings, lat_labels, args.rate, args.poll_ms, worker, 60.0, stats,
                                           tmpdir / "logs" / "web.log"))
+            # A rewrite of Redis's append-only file forks the server, and the child writes the whole
+            # dataset: on this machine it competes for the cores and slows Redis's replies for about
+            # a second. Redis starts one when the file has doubled, so one run has it and the next not.
+            result["redis_aof_rewrites_during_latency_run"] = checkpoints.aof_rewrites() - rewrites_before
             expected = n + len(warm_labels)
             result["outcomes_counted"] = stats["outcomes_counted"]
             result["outcomes_expected"] = expected
@@ -775,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({len(ms):,} labels; {stats['polls']:,} polls of /api/models, "
                   f"{result['poll_mean_ms']:.1f} ms each on average, {result['idle_poll_ms']:.1f} ms before the run; "
                   f"labels sent at {result['latency_rate_achieved']:,.0f}/s)", flush=True)
+            print(f"Redis append-only file rewrites during the latency run: "
+                  f"{result['redis_aof_rewrites_during_latency_run']}", flush=True)
 
             sampler.sample()
             hwm = _proc_status_kb(worker.pid, "VmHWM") * 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -106,7 +107,7 @@ class _Worker(faust.Worker):
 
 
 def tune_gc() -> None:
-    """Collect the young generations less often.
+    """Collect the young generations less often; switch threads more often.
 
     A worker holds hundreds of thousands of long-lived objects (join entries, windows, model
     states); with the default thresholds (700, 10, 10) the collector walks them so often that it
@@ -116,6 +117,11 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()  # what exists after start-up is never scanned again
     gc.set_threshold(50_000, 20, 100)
+    # Faust's consumer (the monitor agent's input) runs in a thread of its own: when the event
+    # loop wakes (a fetch, an ack, a Redis reply) it waits for the interpreter lock at most this
+    # long (default 5 ms). Measured at 2,000 labels/s: p50 label-to-applied 59-60 ms with 1 ms,
+    # 80-99 ms with 5 ms.
+    sys.setswitchinterval(0.001)
 
 
 def run_worker(settings: Settings) -> None:

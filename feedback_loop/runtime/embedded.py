@@ -45,6 +45,7 @@ from feedback_loop.errors import (
 )
 from feedback_loop.kafka_admin import ensure_topics, wait_for_kafka
 from feedback_loop.runtime.processes import free_port, port_is_free, spawn, stop, wait_port_free
+from feedback_loop.runtime.rewrite_priority import RewriteNicer
 
 __all__ = ["EmbeddedServers", "redis_server_bin", "tansu_bin"]
 
@@ -223,6 +224,7 @@ class EmbeddedServers:
         self._kafka = _Server("Kafka", "--kafka-port", kafka_port, self.log_dir / "tansu.log")
         self._redis = _Server("Redis", "--redis-port", redis_port, self.log_dir / "redis.log")
         self._lock_file: IO[bytes] | None = None
+        self._nicer: RewriteNicer | None = None
         self._running = False
 
     # -- public API -----------------------------------------------------------------
@@ -304,6 +306,9 @@ class EmbeddedServers:
                     raise RuntimeStartError(server.port_in_use_message(self.host))
             self._start_server(self._kafka, lambda port: self._tansu_cmd(tansu, port), self._wait_kafka, deadline)
             self._start_server(self._redis, lambda port: self._redis_cmd(redis_server, port), self._wait_redis, deadline)
+            assert self._redis.proc is not None
+            # its append-only file rewrites take idle CPU, not its own replies' (rewrite_priority)
+            self._nicer = RewriteNicer(self.data_dir, self._redis.proc.pid).start()
             self._create_topics(deadline)
         except BaseException:
             self._stop_children(timeout=2.0)
@@ -566,6 +571,9 @@ class EmbeddedServers:
 
     def _stop_children(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        if self._nicer is not None:
+            self._nicer.stop()
+            self._nicer = None
         for server in (self._redis, self._kafka):
             proc = server.proc
             if proc is None:

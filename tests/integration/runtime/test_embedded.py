@@ -137,6 +137,32 @@ def test_redis_killed_during_an_aof_rewrite_loses_nothing(
         client.close()
 
 
+def test_redis_rewrites_its_aof_at_the_lowest_cpu_priority(
+    make_servers: Callable[..., EmbeddedServers],
+) -> None:
+    """The child that rewrites the append-only file gets nice 19 (rewrite_priority); the server
+    itself keeps its priority."""
+    servers = make_servers().start()
+    data_dir, server_pid = servers.data_dir, servers.pids["redis"]
+    client = redis.Redis.from_url(servers.redis_url)
+    try:
+        client.mset({f"fl:test:{i}": "x" for i in range(20)})
+        client.config_set("rdb-key-save-delay", 100_000)  # 0.1 s per key: the rewrite lasts 2 s
+        client.bgrewriteaof()
+        child: list[int] = []
+
+        def rewrite_child() -> bool:
+            child[:] = [int(p.name.rsplit("-", 1)[1].split(".")[0]) for p in data_dir.glob("temp-rewriteaof-*.aof")]
+            return bool(child)
+
+        assert wait_until(rewrite_child, timeout=5.0)
+        assert wait_until(lambda: os.getpriority(os.PRIO_PROCESS, child[0]) == 19, timeout=1.0)
+        assert os.getpriority(os.PRIO_PROCESS, server_pid) == 0
+    finally:
+        client.config_set("rdb-key-save-delay", 0)
+        client.close()
+
+
 def test_busy_kafka_port_is_reported(
     make_servers: Callable[..., EmbeddedServers], busy_port: int
 ) -> None:
