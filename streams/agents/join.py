@@ -13,10 +13,13 @@ input topics with its own ``aiokafka`` consumer in the group ``<app_id>-join``, 
 ``batch_max`` records in produced order (:func:`produced_batches`). Per batch the steps are the
 ones of :mod:`streams.agents.partitioned`, done once for all the partitions in it: apply each
 partition's records (a pure function), checkpoint all the partitions in one Redis transaction
-together with the messages they produced (each partition's outbox), publish those messages and
-wait for the acks, and only then commit the offsets (every ``COMMIT_INTERVAL`` seconds, as soon
-as a fetch comes back empty, on revocation and at stop): a committed offset means its records'
-messages are out. Whoever claims a partition next publishes its outbox again first, so a
+together with the messages they produced (each partition's outbox), hand those messages to the
+producer, and only once the broker acked them commit the offsets (every ``COMMIT_INTERVAL``
+seconds, as soon as a fetch comes back empty, on revocation and at stop): a committed offset
+means its records' messages are out. The acks of one batch are awaited while the next batch is
+fetched and applied, and before that batch is saved (its outboxes replace the last ones) and its
+messages are sent (so they follow the last batch's on every partition); an expiry, a
+revocation and a stop wait for them too (:meth:`JoinService.settle`). Whoever claims a partition next publishes its outbox again first, so a
 crash between the save and the acks yields byte-identical duplicate outcomes, never a second
 version of an outcome revision (and observations the monitors see again, byte for byte).
 """
@@ -135,6 +138,10 @@ class JoinService(Service):
         self._revoked: set[int] = set()
         self._stopping = False
         self._loop_done: asyncio.Event | None = None
+        #: the loop ended with every batch published (a stop, not an error)
+        self._published_all = False
+        #: the last batch's acks, then its offsets marked to commit (see settle)
+        self._in_flight: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def on_start(self) -> None:
@@ -166,7 +173,7 @@ class JoinService(Service):
                 await asyncio.wait_for(self._loop_done.wait(), bound)
             except asyncio.TimeoutError:
                 log.warning("the join's last batch did not finish within %.1f s; the next owner replays it", bound)
-        if self._loop_done is not None and self._loop_done.is_set():
+        if self._published_all:
             # every batch is published: the next owners have nothing to send again
             try:
                 await asyncio.wait_for(asyncio.gather(*(self.states.store.clear_outbox(p)
@@ -210,6 +217,8 @@ class JoinService(Service):
         self._loop_done = asyncio.Event()
         try:
             await self._run_batches(within_ms)
+            await self.settle()
+            self._published_all = True
         finally:
             self._loop_done.set()
 
@@ -274,6 +283,7 @@ class JoinService(Service):
             # in another message, as the same observation bytes).
             ordered = pack_by_partition(emitted)
             outboxes = pack_each_partition(emitted)
+            await self.settle()  # the last batch's outboxes are replaced now: its messages must be out
             lost = await self.states.store.save_many(list(states.values()), outboxes) if states else set()
             for partition in lost:
                 log.warning("join partition %d is owned by another worker now: dropping its state; "
@@ -281,24 +291,44 @@ class JoinService(Service):
                 self.states.drop(partition)
             # a message with any saved partition in it goes out (a lost partition's share of it is
             # sent again by its new owner; that happens only when ownership changes mid-batch)
-            await self._publish([m for partitions, m in ordered if not partitions <= lost])
+            pending = await self._send_all([m for partitions, m in ordered if not partitions <= lost])
+        offsets = {}
         for partition, parts in live.items():
             for tp, messages in parts:
                 if partition not in lost:
-                    self._uncommitted[tp] = messages[-1].offset + 1
+                    offsets[tp] = messages[-1].offset + 1
                 elif tp in self.consumer.assignment():  # still ours: read the batch again
                     self.consumer.seek(tp, messages[0].offset)
+        # the acks come in while the next batch is fetched and applied
+        self._in_flight = asyncio.ensure_future(self._acked(pending, offsets))
         return (set(by_partition) - set(live)) | lost
 
     async def _publish(self, messages: list[Emit]) -> None:
         """Send ``messages`` in order and wait for every ack."""
-        if messages:
-            name = self.topics.name_of
-            pending = [await self.send(name(m.kind), m.key, m.value) for m in messages]
-            await asyncio.gather(*pending)
+        await asyncio.gather(*await self._send_all(messages))
+
+    async def _send_all(self, messages: list[Emit]) -> list[Awaitable[Any]]:
+        """Hand ``messages`` to the producer in order; return their acks to wait for."""
+        name = self.topics.name_of
+        return [await self.send(name(m.kind), m.key, m.value) for m in messages]
+
+    async def _acked(self, pending: list[Awaitable[Any]], offsets: dict[TopicPartition, int]) -> None:
+        await asyncio.gather(*pending)
+        self._uncommitted.update(offsets)  # out: their offsets may be committed
+
+    async def settle(self) -> None:
+        """Wait until the last batch's messages are acked (raising the producer's error if one
+        failed) and its offsets are marked to commit. Anything that replaces an outbox or sends
+        a message of a partition (the next batch, an expiry, a handover) calls it first."""
+        in_flight = self._in_flight
+        if in_flight is not None:
+            await asyncio.shield(in_flight)  # (a waiter cancelled by a bound leaves the acks to the others)
+            if self._in_flight is in_flight:
+                self._in_flight = None
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         assert self.consumer is not None
+        await self.settle()
         offsets = {tp: o for tp, o in self._uncommitted.items() if only is None or tp in only}
         self._committed_at = time.monotonic()
         if not offsets:
@@ -316,6 +346,16 @@ class JoinService(Service):
         """Finish the batch in flight, commit what was applied, drop the partitions' states."""
         partitions = {tp.partition for tp in revoked}
         self._revoked |= partitions
+        try:
+            await self.settle()
+        except Exception as exc:  # not published: the outboxes stay for the next owners to send
+            log.warning("the last join batch was not published before the handover (%r); "
+                        "the next owners send it from the outboxes", exc)
+            for partition in sorted(partitions):
+                self.states.drop(partition)
+            for tp in revoked:
+                self._uncommitted.pop(tp, None)
+            return
         for partition in sorted(partitions):
             async with self.states.locks[partition]:
                 if self.states.loaded(partition) is not None:
@@ -347,6 +387,7 @@ def register(app: faust.App, settings: Settings, topics: StreamTopics, store: Ch
             async with states.locks[partition]:
                 state = states.loaded(partition)
                 if state is not None and state.expire(time.time()):
+                    await service.settle()  # the save replaces the outbox of the batch in flight
                     await partitioned.publish_and_save(service.send, topics, states, state, [])
 
     return service
