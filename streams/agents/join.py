@@ -16,12 +16,13 @@ partition's records (a pure function), checkpoint all the partitions in one Redi
 together with the messages they produced (each partition's outbox), hand those messages to the
 producer, and only once the broker acked them commit the offsets (every ``COMMIT_INTERVAL``
 seconds, as soon as a fetch comes back empty, on revocation and at stop): a committed offset
-means its records' messages are out. The acks of one batch are awaited while the next batch is
-fetched and applied, and before that batch is saved (its outboxes replace the last ones) and its
-messages are sent (so they follow the last batch's on every partition); an expiry, a
-revocation and a stop wait for them too (:meth:`JoinService.settle`). Whoever claims a partition next publishes its outbox again first, so a
-crash between the save and the acks yields byte-identical duplicate outcomes, never a second
-version of an outcome revision (and observations the monitors see again, byte for byte).
+means its records' messages are out. The acks of one batch come in while the next batch is
+fetched and applied; that batch is saved (its outboxes replace the last ones) and its messages
+are sent (after the last batch's, on every partition) only once they are in, and an expiry, a
+revocation and a stop wait for them too (:meth:`JoinService.settle`). Whoever claims a
+partition next publishes its outbox again first, so a crash between the save and the acks
+yields byte-identical duplicate outcomes, never a second version of an outcome revision (and
+observations the monitors see again, byte for byte).
 """
 
 from __future__ import annotations
