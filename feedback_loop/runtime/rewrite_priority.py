@@ -5,8 +5,10 @@ and the child writes the whole dataset. On a small machine that runs the broker,
 workers side by side, that child takes a core for a second or more, and the kernel's autogroup
 scheduler puts it in the Redis server's own group, where it competes with the server's main
 thread: every reply (every checkpoint of every worker) then waits. Measured on 2 cores at 2,000
-labels/s: p99 label-to-applied 700-940 ms with a rewrite during the run, 270 ms with the child at
-nice 19 (140-160 ms with no rewrite).
+labels/s, p99 label-to-applied in runs with a rewrite: 556 to 937 ms at normal priority (four
+runs), 270 to 863 ms at nice 19 (seven runs; the machine's speed varies a lot from run to run).
+Runs without a rewrite: 140 to 643 ms, 15 of 18 under 300 ms. The child still takes a core from
+the rest of the machine.
 
 :class:`RewriteNicer` watches Redis's working directory for the temporary file a rewrite child
 creates as it starts, ``temp-rewriteaof-<pid>.aof`` (or ``temp-rewriteaof-bg-<pid>.aof``), named
