@@ -755,9 +755,7 @@ def main(argv: list[str] | None = None) -> int:
             rewrites_before = checkpoints.aof_rewrites()
             lat = asyncio.run(latency_run(settings, lat_labels, args.rate, args.poll_ms, worker, 60.0, stats,
                                           tmpdir / "logs" / "web.log"))
-            # A rewrite of Redis's append-only file forks the server, and the child writes the whole
-            # dataset: on this machine it competes for the cores and slows Redis's replies for about
-            # a second. Redis starts one when the file has doubled, so one run has it and the next not.
+            # (a rewrite slows Redis's replies for a second or two: see the caveats in the module doc)
             result["redis_aof_rewrites_during_latency_run"] = checkpoints.aof_rewrites() - rewrites_before
             expected = n + len(warm_labels)
             result["outcomes_counted"] = stats["outcomes_counted"]

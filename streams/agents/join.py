@@ -349,23 +349,21 @@ class JoinService(Service):
         self._revoked |= partitions
         try:
             await self.settle()
+            published = True
         except Exception as exc:  # not published: the outboxes stay for the next owners to send
             log.warning("the last join batch was not published before the handover (%r); "
                         "the next owners send it from the outboxes", exc)
-            for partition in sorted(partitions):
-                self.states.drop(partition)
-            for tp in revoked:
-                self._uncommitted.pop(tp, None)
-            return
+            published = False
         for partition in sorted(partitions):
             async with self.states.locks[partition]:
-                if self.states.loaded(partition) is not None:
-                    await self.states.store.clear_outbox(partition)  # published: the next owner has nothing to resend
+                if published and self.states.loaded(partition) is not None:
+                    await self.states.store.clear_outbox(partition)  # the next owner has nothing to resend
                 self.states.drop(partition)
-        try:
-            await self._commit(set(revoked))
-        except Exception as exc:  # the next owner re-reads from the last commit: nothing is lost
-            log.warning("join offsets of revoked partitions not committed (%r)", exc)
+        if published:
+            try:
+                await self._commit(set(revoked))
+            except Exception as exc:  # the next owner re-reads from the last commit: nothing is lost
+                log.warning("join offsets of revoked partitions not committed (%r)", exc)
         for tp in revoked:
             self._uncommitted.pop(tp, None)
         if partitions:
