@@ -118,6 +118,8 @@ from feedback_loop.settings import Settings
 
 MODELS = ("bench-a", "bench-b", "bench-c", "bench-d")
 LATENCY_MODEL = "bench-latency"
+#: linger (ms) of the latency run's label producer: the default of Kafka's own producer and librdkafka
+LABEL_LINGER_MS = 5
 REGIONS = ("eu", "us", "apac")
 PLANS = ("free", "pro", "team")
 
@@ -510,7 +512,7 @@ class WebProcess:
 
 async def latency_run(settings: Settings, labels: list[tuple[bytes, bytes]], rate: float, poll_ms: float,
                       worker: Worker, timeout: float, stats: dict[str, Any], web_log: Path,
-                      linger_ms: int = 5) -> list[float]:
+                      linger_ms: int = LABEL_LINGER_MS) -> list[float]:
     """Send ``labels`` at ``rate``/s; return each label's seconds from send to metric readable.
 
     Also fills ``stats``: ``outcomes_counted`` (cumulative count of the throughput run's models
@@ -529,7 +531,7 @@ async def latency_run(settings: Settings, labels: list[tuple[bytes, bytes]], rat
 
 async def _latency_run(settings: Settings, labels: list[tuple[bytes, bytes]], rate: float, poll_ms: float,
                        worker: Worker, timeout: float, stats: dict[str, Any], port: int,
-                       linger_ms: int = 5) -> list[float]:
+                       linger_ms: int) -> list[float]:
     from collections import deque
 
     import aiohttp
@@ -650,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2000.0, help="labels/s of the latency run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run (s)")
     parser.add_argument("--partitions", type=int, default=8, help="partitions of every topic")
-    parser.add_argument("--label-linger-ms", type=int, default=5,
+    parser.add_argument("--label-linger-ms", type=int, default=LABEL_LINGER_MS,
                         help="linger of the latency run's label producer (ms; 5 is the default of Kafka's "
                              "own producer since 4.0 and of librdkafka; 0 sends every label in a request "
                              "of its own); the latency counts it")
