@@ -211,8 +211,9 @@ class Settings(BaseSettings):
     broker_heartbeat_interval: float = Field(1.0, gt=0)
     broker_fetch_max_wait_ms: int = Field(
         100, ge=1, le=5000,
-        description="Longest the broker holds a fetch waiting for data: the latency of the first message "
-                    "after a quiet moment (Faust's own default is 1500).")
+        description="Longest the broker holds a fetch waiting for data (Faust's own default is 1500). Apache "
+                    "Kafka answers as soon as data arrives; the embedded broker looks again only after half "
+                    "of it, so there the first message after a quiet moment waits up to about that long.")
     shutdown_timeout_seconds: float = Field(10.0, gt=0, description="Bound on any graceful stop before a kill.")
     log_level: str = Field("warning")
 

@@ -2,8 +2,9 @@
 :mod:`streams.worker`.
 
 One change to Faust's Kafka driver: Faust creates its aiokafka consumer with a fixed
-``fetch_max_wait_ms=1500``, so after a quiet moment the first new message can wait 1.5 s at the
-broker. :class:`App` sets ``broker_fetch_max_wait_ms`` from the settings instead.
+``fetch_max_wait_ms=1500``: the embedded broker, which looks for new data again only after half
+of a fetch's wait, then held the first message after a quiet moment for up to 750 ms (Apache
+Kafka answers at once). :class:`App` sets ``broker_fetch_max_wait_ms`` from the settings instead.
 """
 
 from __future__ import annotations
