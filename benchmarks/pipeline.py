@@ -29,7 +29,11 @@ those same message bytes:
     monitors' lag, ``monitor_settle_after_predictions_s``: from the resume to the wall time the
     worker records when the monitors' last batch was published and checkpointed, which its
     heartbeat carries). The labels are then measured like the predictions. Both are therefore a backlog
-    drained by the worker, as in (a) and (b).
+    drained by the worker, as in (a) and (b). The worker's CPU time (user + system, all its
+    threads, read from ``/proc`` every 20 ms) over the same spans gives
+    ``worker_cpu_us_per_prediction`` (through the whole loop), ``..._join`` (until the join was
+    done), ``worker_cpu_us_per_label_join`` and ``worker_cpu_share_whole_loop`` (CPU seconds per
+    wall second: below 1, the worker waited on the broker, Redis or a busy core).
 
 Then, with the worker running normally, ``--rate`` x ``--seconds`` more predictions of a separate
 model are published and applied, the worker is left to go quiet (its join and monitor counters
@@ -333,6 +337,55 @@ class RssSampler:
             self.sample()
 
     def start(self) -> RssSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class CpuClock:
+    """The CPU time (user + system, every thread) a process has used, read from ``/proc`` every
+    ``interval`` s in a thread with the wall time, so the CPU used up to a past moment (the
+    worker's heartbeat says when its monitors were done) can be read off afterwards."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu", daemon=True)
+
+    def read(self) -> float:
+        """CPU seconds used so far (``/proc/<pid>/stat``, fields ``utime`` and ``stime``)."""
+        with open(f"/proc/{self.pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> float:
+        cpu = self.read()
+        self.samples.append((time.time(), cpu))
+        return cpu
+
+    def at(self, wall: float) -> float:
+        """CPU seconds used by wall time ``wall`` (linear between the samples around it)."""
+        if wall >= max(self.samples)[0]:
+            self.sample()
+        before = [s for s in self.samples if s[0] <= wall]
+        after = [s for s in self.samples if s[0] >= wall]
+        if not before or not after:
+            raise ValueError(f"no CPU samples around {wall}")
+        (t0, c0), (t1, c1) = max(before), min(after)
+        return c0 if t1 == t0 else c0 + (c1 - c0) * (wall - t0) / (t1 - t0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError):
+                self.sample()
+
+    def start(self) -> CpuClock:
         self.sample()
         self._thread.start()
         return self
@@ -686,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         servers = EmbeddedServers(data_dir=tmpdir / "servers")
         worker: Worker | None = None
         sampler: RssSampler | None = None
+        clock: CpuClock | None = None
         checkpoints: Checkpoints | None = None
         try:
             servers.start()
@@ -723,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoints = Checkpoints(settings)
             worker = Worker(settings, tmpdir / "logs" / "worker.log")
             sampler = RssSampler(worker.pid).start()
+            clock = CpuClock(worker.pid).start()
             checkpoints.wait_heartbeat(worker, 90.0)
             ends: dict[tuple[str, int], int] = {}
             produce(bootstrap, settings.topic("predictions"), warm_preds, ends)
@@ -750,10 +805,22 @@ def main(argv: list[str] | None = None) -> int:
             result["pipeline_full_loop_predictions_per_s"] = round(full, 1)
             print(f"(c) pipeline, predictions through the whole loop (the monitors done {settle_p:.2f} s after the "
                   f"join): {full:,.0f}/s", flush=True)
-            l_rate, l_pub, _ = timed_backlog(bootstrap, settings, worker, checkpoints, "labels", labels, ends,
-                                             bench_timeout)
+            # the worker's CPU per prediction: what the rate would be with a core of its own
+            cpu_join = clock.at(resumed + n / p_rate) - clock.at(resumed)
+            cpu_full = clock.at(done) - clock.at(resumed)
+            result["worker_cpu_us_per_prediction_join"] = round(1e6 * cpu_join / n, 1)
+            result["worker_cpu_us_per_prediction"] = round(1e6 * cpu_full / n, 1)
+            result["worker_cpu_share_whole_loop"] = round(cpu_full / max(1e-9, done - resumed), 2)
+            print(f"(c) the worker's CPU: {result['worker_cpu_us_per_prediction']:.1f} us per prediction through "
+                  f"the whole loop ({result['worker_cpu_us_per_prediction_join']:.1f} us until the join was done), "
+                  f"{result['worker_cpu_share_whole_loop']:.2f} of a core", flush=True)
+            l_rate, l_pub, l_resumed = timed_backlog(bootstrap, settings, worker, checkpoints, "labels", labels,
+                                                     ends, bench_timeout)
+            result["worker_cpu_us_per_label_join"] = round(
+                1e6 * (clock.at(l_resumed + n / l_rate) - clock.at(l_resumed)) / n, 1)
             print(f"(c) pipeline, labels:      {l_rate:,.0f}/s (published in {l_pub:.1f} s with the worker "
-                  f"paused)", flush=True)
+                  f"paused; the worker's CPU {result['worker_cpu_us_per_label_join']:.1f} us per label until the "
+                  f"join was done)", flush=True)
             result["pipeline_predictions_per_s"] = round(p_rate, 1)
             result["pipeline_labels_per_s"] = round(l_rate, 1)
             result["pipeline_events_per_s"] = round(2 * n / (n / p_rate + n / l_rate), 1)
@@ -813,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if sampler is not None:
                 sampler.stop()
+            if clock is not None:
+                clock.stop()
             if worker is not None:
                 worker.stop()
             if checkpoints is not None:
