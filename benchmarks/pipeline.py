@@ -299,16 +299,42 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 # --------------------------------------------------------------------------- (c) the pipeline
-class RssSampler:
+class _Sampling:
+    """Calls ``sample()`` once at :meth:`start`, then every ``interval`` s in a thread until :meth:`stop`."""
+
+    def __init__(self, pid: int, interval: float, name: str) -> None:
+        self.pid = pid
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def sample(self) -> Any:
+        raise NotImplementedError
+
+    def _tick(self) -> None:
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._tick()
+
+    def start(self) -> Any:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class RssSampler(_Sampling):
     """Samples the RSS of a process tree every ``interval`` s in a thread; keeps the peak."""
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
-        self.pid = pid
-        self.interval = interval
+        super().__init__(pid, interval, "rss")
         self.peak = 0
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
 
     def sample(self) -> int:
         try:
@@ -332,31 +358,15 @@ class RssSampler:
         self.samples.append((time.monotonic(), rss))
         return rss
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
 
-    def start(self) -> RssSampler:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-class CpuClock:
+class CpuClock(_Sampling):
     """The CPU time (user + system, every thread) a process has used, read from ``/proc`` every
     ``interval`` s in a thread with the wall time, so the CPU used up to a past moment (the
     worker's heartbeat says when its monitors were done) can be read off afterwards."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid = pid
-        self.interval = interval
+        super().__init__(pid, interval, "cpu")
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu", daemon=True)
 
     def read(self) -> float:
         """CPU seconds used so far (``/proc/<pid>/stat``, fields ``utime`` and ``stime``)."""
@@ -380,19 +390,9 @@ class CpuClock:
         (t0, c0), (t1, c1) = max(before), min(after)
         return c0 if t1 == t0 else c0 + (c1 - c0) * (wall - t0) / (t1 - t0)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with contextlib.suppress(OSError):
-                self.sample()
-
-    def start(self) -> CpuClock:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def _tick(self) -> None:
+        with contextlib.suppress(OSError):  # (the worker exited: at() says so when asked)
+            self.sample()
 
 
 def _proc_status_kb(pid: int, field: str) -> int:
@@ -806,8 +806,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(c) pipeline, predictions through the whole loop (the monitors done {settle_p:.2f} s after the "
                   f"join): {full:,.0f}/s", flush=True)
             # the worker's CPU per prediction: what the rate would be with a core of its own
-            cpu_join = clock.at(resumed + n / p_rate) - clock.at(resumed)
-            cpu_full = clock.at(done) - clock.at(resumed)
+            cpu_resumed = clock.at(resumed)
+            cpu_join = clock.at(resumed + n / p_rate) - cpu_resumed
+            cpu_full = clock.at(done) - cpu_resumed
             result["worker_cpu_us_per_prediction_join"] = round(1e6 * cpu_join / n, 1)
             result["worker_cpu_us_per_prediction"] = round(1e6 * cpu_full / n, 1)
             result["worker_cpu_share_whole_loop"] = round(cpu_full / max(1e-9, done - resumed), 2)
