@@ -316,8 +316,10 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     _require_servers(settings, "web")
     from aiohttp import web
 
+    from feedback_loop.runtime.event_loop import use_event_loop
     from feedback_loop.web import create_web_app
 
+    use_event_loop(settings.event_loop)
     web.run_app(create_web_app(settings), host=args.web_host, port=args.web_port, print=None)
     return 0
 

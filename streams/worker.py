@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import socket
@@ -22,6 +23,7 @@ from streams.agents import join, metrics, monitor
 from streams.app import create_app
 from streams.checkpoint import CheckpointStore, MonitorStore
 from feedback_loop.routing.router import RoutingConfig
+from feedback_loop.runtime.event_loop import use_event_loop
 from online_models.learner import learner_configs
 from online_models.registry import ModelRegistry
 from streams.monitor import MonitorConfig
@@ -75,14 +77,17 @@ def build_app(settings: Settings) -> faust.App:
                                       activity)
     metrics.register(app, settings, topics, redis)
     started = time.time()
+    loop_kind = ""
 
     @app.timer(HEARTBEAT_SECONDS)
     async def heartbeat() -> None:
         """Liveness for /healthz: which worker holds which partitions and when it last worked."""
+        nonlocal loop_kind
+        loop_kind = loop_kind or type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop, asyncio
         last = activity["last_event_at"]
         assigned = join_service.assigned()
         beat = {"worker": store.owner, "pid": os.getpid(), "host": socket.gethostname(),
-                "started_at": started, "at": time.time(), "partitions": assigned,
+                "started_at": started, "at": time.time(), "partitions": assigned, "event_loop": loop_kind,
                 "loaded_partitions": join_states.owned(), "monitor_partitions": monitor_states.owned(),
                 "events": {k: v for k, v in activity.items() if k.endswith("_events")},
                 "done_at": {k[:-8]: v for k, v in activity.items() if k.endswith("_done_at")},
@@ -128,6 +133,7 @@ def run_worker(settings: Settings) -> None:
     """Check the settings, create missing topics, run one worker until SIGINT/SIGTERM (blocking)."""
     from feedback_loop.kafka_admin import ensure_topics
 
+    use_event_loop(settings.event_loop)  # before the app and its loops exist
     app = build_app(settings)
     assert settings.kafka_bootstrap
     ensure_topics(settings.kafka_bootstrap, list(settings.topics), settings.partitions,

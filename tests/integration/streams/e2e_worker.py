@@ -127,6 +127,8 @@ class WorkerProcess:
             beat = self.heartbeat()
             if beat is None or (all_partitions and sorted(beat.get("partitions", [])) != list(range(n))):
                 return None
+            # the worker runs on the event loop its settings name (uvloop unless set otherwise)
+            assert beat["event_loop"] == self.settings.event_loop, beat
             return beat
 
         return wait_for(
