@@ -43,6 +43,17 @@ DEFAULT_REDIS_IMAGE = "redis:7"
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 
+@pytest.fixture(autouse=True)
+def _event_loop_policy() -> Iterator[None]:
+    """A test that runs a command in this process (``cli.main(["worker"])`` chooses the worker's
+    event loop) leaves the next tests the event loop policy it found."""
+    import asyncio
+
+    before = asyncio.get_event_loop_policy()
+    yield
+    asyncio.set_event_loop_policy(before)
+
+
 @dataclass(frozen=True)
 class Servers:
     """Addresses of the session's servers.

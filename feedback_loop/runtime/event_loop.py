@@ -33,7 +33,8 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
         return uvloop.new_event_loop
     if name == "asyncio":
-        return asyncio.new_event_loop
+        # (not asyncio.new_event_loop: that one follows the policy, which may be uvloop's)
+        return asyncio.DefaultEventLoopPolicy().new_event_loop
     raise ValueError(f"unknown event loop {name!r}: use one of {', '.join(EVENT_LOOPS)}")
 
 

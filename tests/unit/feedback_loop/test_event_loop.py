@@ -66,3 +66,12 @@ def test_run_on_returns_the_result_and_closes_its_loop() -> None:
     assert run_on("asyncio", work(1)) == 2
     assert isinstance(loops[0], uvloop.Loop) and not isinstance(loops[1], uvloop.Loop)
     assert all(loop.is_closed() for loop in loops)
+
+
+def test_run_on_asyncio_is_pythons_loop_even_under_uvloops_policy(restore_policy) -> None:
+    async def kind() -> bool:
+        return isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+    use_event_loop("uvloop")
+    assert run_on("asyncio", kind()) is False
+    assert run_on("uvloop", kind()) is True
