@@ -8,6 +8,8 @@ those same message bytes:
 (a) ``raw``: an ``aiokafka`` consumer assigned every partition of a predictions and a labels topic
     (pre-filled), reading from the beginning and decoding every value with ``orjson``; messages/s
     from the first fetch request (after connecting) to the last message decoded. This is the ceiling: no state, no output.
+    It runs twice on each event loop (uvloop and Python's asyncio, the worker's first) and
+    ``raw_per_s`` is the best of the four, so the ratios compare with the fastest read measured.
 (b) ``naive_faust``: what a user would write first: a ``faust.App`` with one agent over the two
     topics and a ``Table`` counting events per model (per label source for labels), one table
     update per event, run as a subprocess worker (``python naive_app.py worker``) over the same
@@ -118,7 +120,7 @@ if str(ROOT) not in sys.path:
 
 from feedback_loop.kafka_admin import ensure_topics
 from feedback_loop.runtime import processes
-from feedback_loop.runtime.event_loop import run_on
+from feedback_loop.runtime.event_loop import EVENT_LOOPS, run_on
 from feedback_loop.settings import Settings
 
 MODELS = ("bench-a", "bench-b", "bench-c", "bench-d")
@@ -756,17 +758,20 @@ def main(argv: list[str] | None = None) -> int:
             produce(bootstrap, base_topics[1], labels)
             print(f"published {2 * n:,} messages for the baselines in {time.monotonic() - t:.1f} s", flush=True)
 
-            # the ceiling runs on the worker's event loop (the ratios use it) and on Python's own
+            # The ceiling: the best of two passes on each event loop, the worker's first (a
+            # process's first consumer pays a one-off start-up of some 50 ms)
             event_loop = Settings().event_loop
-            raw = run_on(event_loop, _raw(bootstrap, base_topics, parts, 2 * n, bench_timeout))
+            loops = [event_loop] + [name for name in EVENT_LOOPS if name != event_loop]
+            best: dict[str, float] = {}
+            for name in loops * 2:
+                rate = run_on(name, _raw(bootstrap, base_topics, parts, 2 * n, bench_timeout))
+                best[name] = max(best.get(name, 0.0), rate)
+            raw = max(best.values())
             result["raw_per_s"] = round(raw, 1)
-            result["raw_event_loop"] = event_loop
-            print(f"(a) raw aiokafka consume + orjson decode: {raw:,.0f} messages/s ({event_loop}, "
-                  "the worker's event loop)", flush=True)
-            if event_loop != "asyncio":
-                raw_asyncio = run_on("asyncio", _raw(bootstrap, base_topics, parts, 2 * n, bench_timeout))
-                result["raw_asyncio_per_s"] = round(raw_asyncio, 1)
-                print(f"    on Python's asyncio loop: {raw_asyncio:,.0f} messages/s", flush=True)
+            result["raw_per_s_by_event_loop"] = {name: round(rate, 1) for name, rate in best.items()}
+            print(f"(a) raw aiokafka consume + orjson decode: {raw:,.0f} messages/s (the best of two passes "
+                  "on each event loop: " + ", ".join(f"{name} {rate:,.0f}" for name, rate in best.items())
+                  + f"; the worker runs on {event_loop})", flush=True)
 
             if args.skip_naive:
                 result["naive_faust_per_s"] = None
