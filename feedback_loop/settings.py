@@ -217,8 +217,8 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(10.0, gt=0, description="Bound on any graceful stop before a kill.")
     log_level: str = Field("warning")
     event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop", description="The worker's event loop: uvloop (libuv, written in C: less CPU per event in the "
-                              "event loop and socket I/O) or Python's own asyncio loop.")
+        "uvloop", description="The event loop of the worker and web processes: uvloop (libuv's loop, compiled: "
+                              "less CPU per event in the loop and its socket I/O) or Python's own asyncio loop.")
 
     # HTTP
     web_host: str = Field("127.0.0.1")

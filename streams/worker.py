@@ -77,17 +77,15 @@ def build_app(settings: Settings) -> faust.App:
                                       activity)
     metrics.register(app, settings, topics, redis)
     started = time.time()
-    loop_kind = ""
 
     @app.timer(HEARTBEAT_SECONDS)
     async def heartbeat() -> None:
         """Liveness for /healthz: which worker holds which partitions and when it last worked."""
-        nonlocal loop_kind
-        loop_kind = loop_kind or type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop, asyncio
         last = activity["last_event_at"]
         assigned = join_service.assigned()
         beat = {"worker": store.owner, "pid": os.getpid(), "host": socket.gethostname(),
-                "started_at": started, "at": time.time(), "partitions": assigned, "event_loop": loop_kind,
+                "started_at": started, "at": time.time(), "partitions": assigned,
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop, asyncio
                 "loaded_partitions": join_states.owned(), "monitor_partitions": monitor_states.owned(),
                 "events": {k: v for k, v in activity.items() if k.endswith("_events")},
                 "done_at": {k[:-8]: v for k, v in activity.items() if k.endswith("_done_at")},

@@ -1,8 +1,8 @@
 """Which asyncio event loop the long-running processes (worker, web) run on.
 
-``uvloop`` (the default, ``FEEDBACK_LOOP_EVENT_LOOP``) is libuv's loop written in C: the loop's
-own bookkeeping and the socket I/O to Kafka and Redis take less CPU per event than in Python's
-``asyncio`` loop, which stays available as ``asyncio``.
+``uvloop`` (the default, ``FEEDBACK_LOOP_EVENT_LOOP``) is libuv's event loop, compiled with
+Cython: the loop's own bookkeeping and the socket I/O to Kafka and Redis take less CPU per event
+than in Python's ``asyncio`` loop, which stays available as ``asyncio``.
 
 Examples
 --------
