@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SETTING_FLAGS = ("kafka_bootstrap", "redis_url", "topic_prefix", "log_level", "partitions", "data_dir")
+#: the settings a command's flag may override, and that flag
+SETTING_FLAGS = {"kafka_bootstrap": "--kafka", "redis_url": "--redis", "topic_prefix": "--topic-prefix",
+                 "log_level": "--log-level", "partitions": "--partitions", "data_dir": "--data-dir"}
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -198,9 +200,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         name = ".".join(map(str, first["loc"]))
-        raise ConfigurationError(
-            f"setting {name} (FEEDBACK_LOOP_{name.upper()} or --{name.replace('_', '-')}): {first['msg']}"
-        ) from None
+        # (the flag is named only where this command has one)
+        flag = f" or {SETTING_FLAGS[name]}" if name in SETTING_FLAGS and hasattr(args, name) else ""
+        raise ConfigurationError(f"setting {name} (FEEDBACK_LOOP_{name.upper()}{flag}): {first['msg']}") from None
 
 
 # ---------------------------------------------------------------------- commands

@@ -31,6 +31,19 @@ def test_a_bad_setting_is_one_clear_line(monkeypatch, capsys):
     assert "\n" not in err
 
 
+def test_a_bad_setting_names_a_flag_only_where_the_command_has_one(monkeypatch, capsys):
+    monkeypatch.setenv("FEEDBACK_LOOP_EVENT_LOOP", "tokio")
+    assert cli.main(["worker"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "feedback-loop: error: setting event_loop (FEEDBACK_LOOP_EVENT_LOOP): Input should be 'uvloop' or 'asyncio'")
+    monkeypatch.delenv("FEEDBACK_LOOP_EVENT_LOOP")
+    monkeypatch.setenv("FEEDBACK_LOOP_PARTITIONS", "0")
+    assert cli.main(["worker"]) == 1
+    assert "(FEEDBACK_LOOP_PARTITIONS or --partitions)" in capsys.readouterr().err
+    assert cli.main(["alerts"]) == 1  # no --partitions flag there
+    assert "setting partitions (FEEDBACK_LOOP_PARTITIONS):" in capsys.readouterr().err
+
+
 def test_worker_without_servers_says_what_to_do(monkeypatch, capsys):
     for name in ("FEEDBACK_LOOP_KAFKA_BOOTSTRAP", "FEEDBACK_LOOP_REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
