@@ -125,6 +125,7 @@ from pipeline import (
     Checkpoints,
     Worker,
     _proc_status_kb,
+    _Sampling,
     _tail,
     make_messages,
 )
@@ -203,21 +204,20 @@ class Publisher:
 
 
 # --------------------------------------------------------------------------- sampling
-class Sampler:
+class Sampler(_Sampling):
     """Every ``interval`` s: worker tree RSS, predictions applied, live join entries, Redis memory."""
 
     def __init__(self, settings: Settings, pid: int, interval: float) -> None:
         import psutil
 
-        self.settings, self.interval = settings, interval
+        super().__init__(pid, interval, "memory-sampler")
+        self.settings = settings
         self.process = psutil.Process(pid)
         self.redis = redis.Redis.from_url(settings.redis_url or "", socket_timeout=30)
         self.predictions_topic = settings.topic("predictions")
         self.samples: list[dict[str, Any]] = []
         self.error: BaseException | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
     def rss(self) -> int:
         import psutil
@@ -250,22 +250,15 @@ class Sampler:
         with self._lock:
             return self.samples[-1] if self.samples else None
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sample()
-            except Exception as exc:  # noqa: BLE001  (a dead worker or Redis: report it in the main thread)
-                self.error = exc
-                return
+    def _tick(self) -> None:
+        try:
+            self.sample()
+        except Exception as exc:  # noqa: BLE001  (a dead worker or Redis: report it in the main thread)
+            self.error = exc
+            self._stop.set()  # (no more samples)
 
-    def start(self) -> Sampler:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
         self.redis.close()
 
 

@@ -326,9 +326,9 @@ class _Sampling:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._thread.join(5)
+        self._thread.join(timeout)
 
 
 class RssSampler(_Sampling):
@@ -728,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generating {n:,} predictions and {n:,} labels ...", flush=True)
     preds, labels = make_messages(n, MODELS, "bp", args.seed, start_ts)
     # The warm-up fills each model's drift reference (its one-off calibration is not steady state)
-    warm_n = max(25 * parts, len(MODELS) * Settings().drift_reference_size)
+    configured = Settings()  # FEEDBACK_LOOP_* of this environment, which the worker inherits
+    warm_n = max(25 * parts, len(MODELS) * configured.drift_reference_size)
     warm_preds, warm_labels = make_messages(warm_n, MODELS, "warm", args.seed + 1,
                                             start_ts - timedelta(minutes=5))
     n_lat = max(1, int(args.rate * args.seconds))
@@ -760,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # The ceiling: the best of two passes on each event loop, the worker's first (a
             # process's first consumer pays a one-off start-up of some 50 ms)
-            event_loop = Settings().event_loop
+            event_loop = configured.event_loop
             loops = [event_loop] + [name for name in EVENT_LOOPS if name != event_loop]
             best: dict[str, float] = {}
             for name in loops * 2:

@@ -26,28 +26,26 @@ T = TypeVar("T")
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """A function that makes a new event loop of kind ``name`` (one of :data:`EVENT_LOOPS`)."""
+def _policy(name: str) -> asyncio.AbstractEventLoopPolicy:
     if name == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop
+        return uvloop.EventLoopPolicy()
     if name == "asyncio":
-        # (not asyncio.new_event_loop: that one follows the policy, which may be uvloop's)
-        return asyncio.DefaultEventLoopPolicy().new_event_loop
+        return asyncio.DefaultEventLoopPolicy()
     raise ValueError(f"unknown event loop {name!r}: use one of {', '.join(EVENT_LOOPS)}")
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A function that makes a new event loop of kind ``name`` (one of :data:`EVENT_LOOPS`),
+    whatever the process's policy is."""
+    return _policy(name).new_event_loop
 
 
 def use_event_loop(name: str) -> None:
     """Make every event loop this process creates from now on (the main thread's, and the one of
     Faust's consumer thread) of kind ``name``; call it before anything creates a loop."""
-    loop_factory(name)  # (an unknown name fails here)
-    if name == "uvloop":
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    else:
-        asyncio.set_event_loop_policy(None)  # Python's default policy
+    asyncio.set_event_loop_policy(_policy(name))
 
 
 def run_on(name: str, coro: Coroutine[Any, Any, T]) -> T:

@@ -1,4 +1,6 @@
-"""feedback_loop.runtime.event_loop: the event loop a process runs on, chosen by the settings."""
+"""feedback_loop.runtime.event_loop: the event loop a process runs on, chosen by the settings.
+
+(``tests/conftest.py`` restores the event loop policy after every test.)"""
 
 from __future__ import annotations
 
@@ -11,13 +13,6 @@ from pydantic import ValidationError
 
 from feedback_loop.runtime.event_loop import loop_factory, run_on, use_event_loop
 from feedback_loop.settings import Settings
-
-
-@pytest.fixture
-def restore_policy():
-    before = asyncio.get_event_loop_policy()
-    yield
-    asyncio.set_event_loop_policy(before)
 
 
 def test_uvloop_is_the_default() -> None:
@@ -33,7 +28,7 @@ def test_an_unknown_loop_is_refused_by_the_settings_and_the_factory() -> None:
 
 
 @pytest.mark.parametrize(("name", "kind"), [("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)])
-def test_use_event_loop_makes_every_new_loop_of_that_kind_in_any_thread(restore_policy, name, kind) -> None:
+def test_use_event_loop_makes_every_new_loop_of_that_kind_in_any_thread(name, kind) -> None:
     use_event_loop(name)
     made = []
 
@@ -68,7 +63,7 @@ def test_run_on_returns_the_result_and_closes_its_loop() -> None:
     assert all(loop.is_closed() for loop in loops)
 
 
-def test_run_on_asyncio_is_pythons_loop_even_under_uvloops_policy(restore_policy) -> None:
+def test_run_on_asyncio_is_pythons_loop_even_under_uvloops_policy() -> None:
     async def kind() -> bool:
         return isinstance(asyncio.get_running_loop(), uvloop.Loop)
 
