@@ -1,0 +1,186 @@
+"""Where a worker's CPU goes: the loop's own logic per prediction and per label, with no servers,
+against the budget the speed target leaves.
+
+``benchmarks/pipeline.py`` measures the whole worker: its logic plus everything around it (the
+Kafka fetches and sends, the Redis checkpoints, the event loop, the other processes on the
+cores). This one measures only the logic, the part the code controls most directly, in one
+process and a few seconds, so a change to it can be compared run against run without the
+servers' noise.
+
+On the pipeline benchmark's messages (four models, three features, class scores, a region tag:
+:func:`benchmarks.pipeline.make_messages`) it runs, in this process and one thread, what a worker
+runs per batch, with the default settings:
+
+* the join (:class:`streams.partition.PartitionState`, one partition): apply each record
+  (decode, validate, join), expire, pack the monitor observations
+  (:func:`streams.observations.pack_by_partition`) and encode the checkpoint
+  (:meth:`~streams.partition.PartitionState.changes`), ``batch_max`` records at a time;
+* the monitors (:class:`streams.monitor_state.MonitorPartition`, one partition): apply each
+  packed observation message (drift, estimated performance, review routing, the error model's
+  learning), and encode their checkpoint once per ten join batches, as the worker does.
+
+First a warm-up (``--warmup`` predictions of each model and their labels) completes every drift
+reference and trains the routing error model, as the pipeline benchmark's warm-up does; then
+``--predictions`` new predictions, then their labels, are timed (``time.process_time``: this
+process's CPU). Neither Kafka's per-record cost nor Redis's is in these numbers: the raw ceiling
+(a) of the pipeline benchmark already includes a consumer's.
+
+The speed target of a worker process is 15 % of the raw ceiling (a) in predictions/s. On one core
+that leaves ``1e6 / (0.15 * raw)`` µs per prediction for everything: the logic measured here and
+the fetch, the sends and the checkpoint's round trips. ``--raw-per-s`` is (a) as
+``benchmarks/pipeline.py`` measured it (default: 300,000 messages/s, the figure of this machine);
+the run prints the logic's share of that budget.
+
+Ends with one JSON line: ``join_us_per_prediction``, ``monitors_us_per_prediction``,
+``logic_us_per_prediction``, the same ``..._per_label``, ``budget_us_per_prediction`` and
+``logic_share_of_budget``::
+
+    .venv/bin/python benchmarks/cpu.py [--predictions 40000] [--repeat 3] [--raw-per-s 300000]
+
+Each figure is the lowest of ``--repeat`` runs (fresh states each time): the least disturbed by
+the machine's other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.pipeline import MODELS, make_messages  # noqa: E402
+from feedback_loop.routing.router import RoutingConfig  # noqa: E402
+from feedback_loop.settings import Settings  # noqa: E402
+from streams.worker import signer_for  # noqa: E402
+from online_models.learner import learner_configs  # noqa: E402
+from streams.monitor import MonitorConfig  # noqa: E402
+from streams.monitor_state import MonitorPartition  # noqa: E402
+from streams.observations import pack_by_partition  # noqa: E402
+from streams.partition import PartitionState, Record  # noqa: E402
+
+#: the worker's monitor batch: about ten join batches (streams/agents/monitor.py)
+MONITOR_EVERY = 10
+
+
+class Loop:
+    """One join partition and one monitor partition, fed batch by batch as a worker feeds them."""
+
+    def __init__(self, settings: Settings) -> None:
+        t = settings.topics
+        self.settings = settings
+        self.topics = {"predictions": t.predictions, "labels": t.labels}
+        self.monitor_topic = t.monitor_input
+        self.join = PartitionState(
+            partition=0, ttl=settings.prediction_ttl_seconds, retention=settings.outcome_retention_seconds,
+            window_size=settings.rolling_window, max_event_bytes=settings.max_event_bytes,
+            idle_seconds=settings.watermark_idle_seconds,
+            topic_kinds={t.predictions: "predictions", t.labels: "labels", t.review_flags: "review-flags"})
+        self.monitors = MonitorPartition(0, MonitorConfig.from_settings(settings), "cpu-benchmark",
+                                         RoutingConfig.from_settings(settings), learning=learner_configs(settings))
+        self.signer = signer_for(settings)
+        self.offsets = {"join": 0, "monitor": 0}
+        self.batches = 0
+
+    def run(self, messages: list[tuple[bytes, bytes]], kind: str) -> tuple[float, float]:
+        """Feed ``messages`` of input ``kind``; return the CPU seconds of the join and of the monitors."""
+        topic, size = self.topics[kind], self.settings.batch_max
+        join_s = monitors_s = 0.0
+        now = time.time()
+        for start in range(0, len(messages), size):
+            began = time.process_time()
+            emitted = []
+            for key, value in messages[start:start + size]:
+                emitted += [(0, e) for e in self.join.apply(Record(topic, 0, self.offsets["join"], key, value), now)]
+                self.offsets["join"] += 1
+            self.join.expire(now)
+            packed = [e for _, e in pack_by_partition(emitted) if e.kind == "monitor-input"]
+            self.join.changes()
+            self.join.mark_clean()
+            joined = time.process_time()
+            for e in packed:
+                self.monitors.apply(Record(self.monitor_topic, 0, self.offsets["monitor"], e.key, e.value))
+                self.offsets["monitor"] += 1
+            self.batches += 1
+            if self.batches % MONITOR_EVERY == 0:
+                self.monitors.changes(self.signer)
+                self.monitors.mark_clean()
+            join_s += joined - began
+            monitors_s += time.process_time() - joined
+        return join_s, monitors_s
+
+
+def measure(settings: Settings, warmup: int, n: int) -> dict[str, float]:
+    """One run on fresh states: µs of CPU per prediction and per label, join and monitors."""
+    start = datetime.now(timezone.utc).replace(microsecond=0)
+    warm_preds, warm_labels = make_messages(warmup * len(MODELS), MODELS, "w", 1, start - timedelta(minutes=5))
+    preds, labels = make_messages(n, MODELS, "c", 2, start)
+    loop = Loop(settings)
+    loop.run(warm_preds, "predictions")
+    loop.run(warm_labels, "labels")
+    gc.collect()
+    gc.freeze()  # as the worker does after start-up (streams/worker.py)
+    try:
+        out = {}
+        for kind, messages in (("prediction", preds), ("label", labels)):
+            join_s, monitors_s = loop.run(messages, kind + "s")
+            out[f"join_us_per_{kind}"] = join_s / n * 1e6
+            out[f"monitors_us_per_{kind}"] = monitors_s / n * 1e6
+        return out
+    finally:
+        gc.unfreeze()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--predictions", type=int, default=40_000, help="predictions timed, and as many labels")
+    parser.add_argument("--warmup", type=int, default=1_000,
+                        help="predictions (and labels) of each model before the timed ones (default 1,000: "
+                             "the drift reference size, as in benchmarks/pipeline.py)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs; each figure is the lowest of them")
+    parser.add_argument("--raw-per-s", type=float, default=300_000.0,
+                        help="the raw ceiling (a) of benchmarks/pipeline.py, messages/s (default 300,000)")
+    args = parser.parse_args(argv)
+    if args.predictions < 1 or args.repeat < 1 or args.warmup < 0 or args.raw_per_s <= 0:
+        parser.error("--predictions and --repeat must be at least 1, --warmup at least 0, --raw-per-s positive")
+    settings = Settings(signing_key="cpu-benchmark-" + "k" * 32)
+    old = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)  # the worker's (streams/worker.py)
+    runs = []
+    try:
+        for i in range(args.repeat):
+            began = time.monotonic()
+            runs.append(measure(settings, args.warmup, args.predictions))
+            r = runs[-1]
+            print(f"run {i + 1}/{args.repeat} ({time.monotonic() - began:.1f} s): per prediction join "
+                  f"{r['join_us_per_prediction']:.2f} µs + monitors {r['monitors_us_per_prediction']:.2f} µs; "
+                  f"per label join {r['join_us_per_label']:.2f} µs + monitors {r['monitors_us_per_label']:.2f} µs",
+                  flush=True)
+    finally:
+        gc.set_threshold(*old)
+    best: dict[str, Any] = {k: round(min(r[k] for r in runs), 2) for k in runs[0]}
+    best["logic_us_per_prediction"] = round(best["join_us_per_prediction"] + best["monitors_us_per_prediction"], 2)
+    best["logic_us_per_label"] = round(best["join_us_per_label"] + best["monitors_us_per_label"], 2)
+    budget = 1e6 / (0.15 * args.raw_per_s)
+    best.update(predictions=args.predictions, repeat=args.repeat, raw_per_s=args.raw_per_s,
+                budget_us_per_prediction=round(budget, 2),
+                logic_share_of_budget=round(best["logic_us_per_prediction"] / budget, 3))
+    print(f"the loop's logic, lowest of {args.repeat} runs: {best['logic_us_per_prediction']:.2f} µs per prediction "
+          f"(join {best['join_us_per_prediction']:.2f} + monitors {best['monitors_us_per_prediction']:.2f}), "
+          f"{best['logic_us_per_label']:.2f} µs per label (join {best['join_us_per_label']:.2f} + monitors "
+          f"{best['monitors_us_per_label']:.2f})")
+    print(f"15% of a raw ceiling of {args.raw_per_s:,.0f} messages/s leaves {budget:.2f} µs of one core per "
+          f"prediction for everything; the logic alone takes {best['logic_share_of_budget']:.0%} of it")
+    print(orjson.dumps(best).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
