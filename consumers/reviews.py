@@ -20,6 +20,7 @@ once Redis answers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 
 _DEAD_LETTER_PAYLOAD_BYTES = 256 * 1024  # base64 of it stays well under Kafka's 1 MB message limit
 _T = TypeVar("_T")
+#: Longest wait, in seconds, for the Redis client to close when the consumer closes.
+CLOSE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -196,13 +199,31 @@ class ReviewConsumer(PollingLoop):
         self._closed = True
         closers = (("Kafka consumer", lambda: self._consumer and self._consumer.close(autocommit=False)),
                    ("Kafka producer", lambda: self._producer and self._producer.close(timeout=5)),
-                   ("Redis client", lambda: self._loop.run_until_complete(self._redis.aclose())))
+                   ("Redis client", self._close_redis))
         for name, closer in closers:
             try:
                 closer()
             except Exception as exc:  # noqa: BLE001 - closing must not hide the reason we stop
                 log.warning("closing the %s failed: %s", name, exc)
         self._loop.close()
+
+    def _close_redis(self) -> None:
+        """Close the Redis client on this consumer's event loop, within ``CLOSE_TIMEOUT`` s. A
+        thread that runs a loop of its own (an application or a test calling :meth:`close` from a
+        coroutine) cannot run another one: the closing then runs in a helper thread."""
+        def close() -> None:
+            self._loop.run_until_complete(asyncio.wait_for(self._redis.aclose(), CLOSE_TIMEOUT))
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs in this thread: the usual case
+            close()
+            return
+        helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reviews-close")
+        try:
+            helper.submit(close).result()
+        finally:
+            helper.shutdown(wait=False)
 
     def ping(self) -> None:
         """Check that Redis answers, or raise :class:`StoreUnavailableError` naming the URL."""

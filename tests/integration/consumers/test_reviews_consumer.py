@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis as redis_lib
@@ -252,6 +254,33 @@ def test_run_reviews_returns_after_max_seconds_or_on_stop(make_settings) -> None
     thread.join(10)
     assert not thread.is_alive() and time.monotonic() - asked < 5
     assert result["total"].handled == 0
+
+
+def test_closing_from_a_coroutine_still_closes_the_redis_client(make_settings, redis_url, caplog) -> None:
+    """An application (or a test driving a browser) may close the consumer from a thread that runs an
+    event loop, where the consumer's own loop cannot run: its Redis client closes all the same."""
+    db = 14  # no other test uses this database: the consumer's connection is the only one in it
+    s = make_settings(redis_url=urlsplit(redis_url)._replace(path=f"/{db}").geturl())
+    admin = redis_lib.Redis.from_url(redis_url)
+
+    def connections() -> int:
+        return sum(1 for client in admin.client_list() if client["db"] == str(db))
+
+    consumer = ReviewConsumer(s)
+    try:
+        consumer.ping()
+        assert connections() == 1
+
+        async def close_from_a_coroutine() -> None:
+            consumer.close()
+
+        with caplog.at_level(logging.WARNING, logger="consumers.reviews"):
+            asyncio.run(close_from_a_coroutine())
+        assert [r.getMessage() for r in caplog.records if r.name == "consumers.reviews"] == []
+        wait(lambda: connections() == 0, timeout=5)
+    finally:
+        consumer.close()
+        admin.close()
 
 
 # ----------------------------------------------------------------------------- Redis restarts
