@@ -12,9 +12,10 @@ On the pipeline benchmark's messages (four models, three features, class scores,
 runs per batch, with the default settings:
 
 * the join (:class:`streams.partition.PartitionState`, one partition): apply each record
-  (decode, validate, join), expire, pack the monitor observations
-  (:func:`streams.observations.pack_by_partition`) and encode the checkpoint
-  (:meth:`~streams.partition.PartitionState.changes`), ``batch_max`` records at a time;
+  (decode, validate, join), expire, pack the monitor observations to publish and the outbox to
+  checkpoint (:func:`streams.observations.pack_by_partition`, ``pack_each_partition``) and encode
+  the checkpoint (:meth:`~streams.partition.PartitionState.changes`), ``batch_max`` records at a
+  time;
 * the monitors (:class:`streams.monitor_state.MonitorPartition`, one partition): apply each
   packed observation message (drift, estimated performance, review routing, the error model's
   learning), and encode their checkpoint once per ten join batches, as the worker does.
@@ -65,12 +66,12 @@ from benchmarks.pipeline import MODELS, make_messages, produce, raw_ceiling  # n
 from feedback_loop.kafka_admin import ensure_topics  # noqa: E402
 from feedback_loop.routing.router import RoutingConfig  # noqa: E402
 from feedback_loop.settings import Settings  # noqa: E402
-from streams.worker import signer_for  # noqa: E402
 from online_models.learner import learner_configs  # noqa: E402
 from streams.monitor import MonitorConfig  # noqa: E402
 from streams.monitor_state import MonitorPartition  # noqa: E402
-from streams.observations import pack_by_partition  # noqa: E402
+from streams.observations import pack_by_partition, pack_each_partition  # noqa: E402
 from streams.partition import PartitionState, Record  # noqa: E402
+from streams.worker import signer_for  # noqa: E402
 
 #: the worker's monitor batch: about ten join batches (streams/agents/monitor.py)
 MONITOR_EVERY = 10
@@ -110,6 +111,7 @@ class Loop:
                 self.offsets["join"] += 1
             self.join.expire(now)
             packed = [e for _, e in pack_by_partition(emitted) if e.kind == "monitor-input"]
+            pack_each_partition(emitted)  # the partition's outbox, checkpointed with it
             self.join.changes()
             self.join.mark_clean()
             joined = time.process_time()
