@@ -71,7 +71,7 @@ from streams.monitor import MonitorConfig  # noqa: E402
 from streams.monitor_state import MonitorPartition  # noqa: E402
 from streams.observations import pack_by_partition, pack_each_partition  # noqa: E402
 from streams.partition import PartitionState, Record  # noqa: E402
-from streams.worker import signer_for  # noqa: E402
+from streams.worker import signer_for, tune_gc  # noqa: E402
 
 #: the worker's monitor batch: about ten join batches (streams/agents/monitor.py)
 MONITOR_EVERY = 10
@@ -87,11 +87,7 @@ class Loop:
         self.settings = settings
         self.topics = {"predictions": t.predictions, "labels": t.labels}
         self.monitor_topic = t.monitor_input
-        self.join = PartitionState(
-            partition=0, ttl=settings.prediction_ttl_seconds, retention=settings.outcome_retention_seconds,
-            window_size=settings.rolling_window, max_event_bytes=settings.max_event_bytes,
-            idle_seconds=settings.watermark_idle_seconds,
-            topic_kinds={t.predictions: "predictions", t.labels: "labels", t.review_flags: "review-flags"})
+        self.join = PartitionState.for_settings(0, settings)
         self.monitors = MonitorPartition(0, MonitorConfig.from_settings(settings), "cpu-benchmark",
                                          RoutingConfig.from_settings(settings), learning=learner_configs(settings))
         self.signer = signer_for(settings)
@@ -132,8 +128,8 @@ def measure(settings: Settings, warm: Messages, timed: Messages) -> dict[str, fl
     loop = Loop(settings)
     loop.run(warm[0], "predictions")
     loop.run(warm[1], "labels")
-    gc.collect()
-    gc.freeze()  # as the worker does after start-up (streams/worker.py)
+    thresholds, switch = gc.get_threshold(), sys.getswitchinterval()
+    tune_gc()  # as the worker does after start-up
     try:
         out = {}
         for kind, messages in (("prediction", timed[0]), ("label", timed[1])):
@@ -143,6 +139,8 @@ def measure(settings: Settings, warm: Messages, timed: Messages) -> dict[str, fl
         return out
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(switch)
 
 
 def measure_raw(timed: Messages, partitions: int, first_loop: str) -> dict[str, float]:
@@ -199,20 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         raw = args.raw_per_s
         print(f"(a) given: {raw:,.0f} messages/s", flush=True)
-    old = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 100)  # the worker's (streams/worker.py)
     runs = []
-    try:
-        for i in range(args.repeat):
-            began = time.monotonic()
-            runs.append(measure(settings, warm, timed))
-            r = runs[-1]
-            print(f"run {i + 1}/{args.repeat} ({time.monotonic() - began:.1f} s): per prediction join "
-                  f"{r['join_us_per_prediction']:.2f} µs + monitors {r['monitors_us_per_prediction']:.2f} µs; "
-                  f"per label join {r['join_us_per_label']:.2f} µs + monitors {r['monitors_us_per_label']:.2f} µs",
-                  flush=True)
-    finally:
-        gc.set_threshold(*old)
+    for i in range(args.repeat):
+        began = time.monotonic()
+        runs.append(measure(settings, warm, timed))
+        r = runs[-1]
+        print(f"run {i + 1}/{args.repeat} ({time.monotonic() - began:.1f} s): per prediction join "
+              f"{r['join_us_per_prediction']:.2f} µs + monitors {r['monitors_us_per_prediction']:.2f} µs; "
+              f"per label join {r['join_us_per_label']:.2f} µs + monitors {r['monitors_us_per_label']:.2f} µs",
+              flush=True)
     best: dict[str, Any] = {k: round(min(r[k] for r in runs), 2) for k in runs[0]}
     best["logic_us_per_prediction"] = round(best["join_us_per_prediction"] + best["monitors_us_per_prediction"], 2)
     best["logic_us_per_label"] = round(best["join_us_per_label"] + best["monitors_us_per_label"], 2)

@@ -199,7 +199,7 @@ class ReviewConsumer(PollingLoop):
         self._closed = True
         closers = (("Kafka consumer", lambda: self._consumer and self._consumer.close(autocommit=False)),
                    ("Kafka producer", lambda: self._producer and self._producer.close(timeout=5)),
-                   ("Redis client", self._close_redis))
+                   ("Redis client", lambda: self._complete(self._close_redis)))
         for name, closer in closers:
             try:
                 closer()
@@ -207,28 +207,31 @@ class ReviewConsumer(PollingLoop):
                 log.warning("closing the %s failed: %s", name, exc)
         self._loop.close()
 
-    def _close_redis(self) -> None:
-        """Close the Redis client on this consumer's event loop, within ``CLOSE_TIMEOUT`` s. A
-        thread that runs a loop of its own (an application or a test calling :meth:`close` from a
-        coroutine) cannot run another one: the closing then runs in a helper thread."""
-        def close() -> None:
-            self._loop.run_until_complete(asyncio.wait_for(self._redis.aclose(), CLOSE_TIMEOUT))
+    def _complete(self, make: Callable[[], Awaitable[_T]]) -> _T:
+        """Run the awaitable ``make()`` returns on this consumer's event loop; return its result.
 
+        A thread that runs a loop of its own (an application or a test calling in from a
+        coroutine, :meth:`close` above all) cannot run another one: there it runs on a helper
+        thread, which this waits for. ``make`` is called only where it runs, so nothing is
+        created that is never awaited."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # no loop runs in this thread: the usual case
-            close()
-            return
-        helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reviews-close")
+            return self._loop.run_until_complete(make())
+        helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reviews-loop")
         try:
-            helper.submit(close).result()
+            return helper.submit(lambda: self._loop.run_until_complete(make())).result()
         finally:
             helper.shutdown(wait=False)
+
+    def _close_redis(self) -> Awaitable[None]:
+        """The Redis client's closing, bounded by :data:`CLOSE_TIMEOUT`."""
+        return asyncio.wait_for(self._redis.aclose(), CLOSE_TIMEOUT)
 
     def ping(self) -> None:
         """Check that Redis answers, or raise :class:`StoreUnavailableError` naming the URL."""
         try:
-            self._loop.run_until_complete(self._redis.ping())
+            self._complete(self._redis.ping)
         except redis_lib.RedisError as exc:
             raise StoreUnavailableError(
                 f"Redis at {safe_url(self.settings.redis_url or '')} did not answer ({exc}); check --redis "
@@ -323,7 +326,7 @@ class ReviewConsumer(PollingLoop):
         attempt = 0
         while True:
             try:
-                return self._loop.run_until_complete(fn())
+                return self._complete(fn)
             except redis_lib.RedisError as exc:
                 attempt += 1
                 left = deadline - time.monotonic()

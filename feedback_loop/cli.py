@@ -32,24 +32,34 @@ def say(message: str) -> None:
 
 
 # ---------------------------------------------------------------------- argument parsing
+#: the settings a command's flag may override, and that flag (the parsers take it from here)
+SETTING_FLAGS = {"kafka_bootstrap": "--kafka", "redis_url": "--redis", "topic_prefix": "--topic-prefix",
+                 "log_level": "--log-level", "partitions": "--partitions", "data_dir": "--data-dir"}
+
+
+def _setting_flag(g: Any, name: str, **kwargs: Any) -> None:
+    """The flag of setting ``name`` (see :data:`SETTING_FLAGS`) on the parser or group ``g``."""
+    g.add_argument(SETTING_FLAGS[name], dest=name, **kwargs)
+
+
 def _common(p: argparse.ArgumentParser, *, servers: bool = True) -> None:
     g = p.add_argument_group("deployment")
     if servers:
-        g.add_argument("--kafka", dest="kafka_bootstrap", metavar="HOST:PORT",
-                       help="Kafka bootstrap address (env FEEDBACK_LOOP_KAFKA_BOOTSTRAP)")
-        g.add_argument("--redis", dest="redis_url", metavar="URL",
-                       help="Redis URL, e.g. redis://localhost:6379/0 (env FEEDBACK_LOOP_REDIS_URL)")
-    g.add_argument("--topic-prefix", help="prefix of every topic name (env FEEDBACK_LOOP_TOPIC_PREFIX)")
-    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="log level of the worker (default warning)")
+        _setting_flag(g, "kafka_bootstrap", metavar="HOST:PORT",
+                      help="Kafka bootstrap address (env FEEDBACK_LOOP_KAFKA_BOOTSTRAP)")
+        _setting_flag(g, "redis_url", metavar="URL",
+                      help="Redis URL, e.g. redis://localhost:6379/0 (env FEEDBACK_LOOP_REDIS_URL)")
+    _setting_flag(g, "topic_prefix", help="prefix of every topic name (env FEEDBACK_LOOP_TOPIC_PREFIX)")
+    _setting_flag(g, "log_level", choices=["debug", "info", "warning", "error"],
+                  help="log level of the worker (default warning)")
 
 
 def _local(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("embedded servers (used when no Kafka/Redis is configured)")
     g.add_argument("--kafka-port", type=int, default=0, help="port of the embedded broker (default: a free one)")
     g.add_argument("--redis-port", type=int, default=0, help="port of the embedded Redis (default: a free one)")
-    g.add_argument("--partitions", type=int, help="partitions of each created topic (default 8)")
-    g.add_argument("--data-dir", type=Path, help="where embedded Redis persists and logs go (default ./.feedback-loop/)")
+    _setting_flag(g, "partitions", type=int, help="partitions of each created topic (default 8)")
+    _setting_flag(g, "data_dir", type=Path, help="where embedded Redis persists and logs go (default ./.feedback-loop/)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "to scale out; stop with SIGTERM or Ctrl-C.",
                        epilog=EPILOG_SETTINGS, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
-    p.add_argument("--partitions", type=int, help="partitions of topics this worker creates if missing (default 8)")
+    _setting_flag(p, "partitions", type=int, help="partitions of topics this worker creates if missing (default 8)")
 
     p = sub.add_parser("web", help="serve the HTTP API against the configured Kafka and Redis",
                        description="Serve /healthz, /metrics and /api/models for a running deployment.",
@@ -186,11 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each model's predictions the reviewers may answer (default 0.05)")
     p.add_argument("--reviewers", type=int, default=2, help="simulated reviewers (default 2)")
     return parser
-
-
-#: the settings a command's flag may override, and that flag
-SETTING_FLAGS = {"kafka_bootstrap": "--kafka", "redis_url": "--redis", "topic_prefix": "--topic-prefix",
-                 "log_level": "--log-level", "partitions": "--partitions", "data_dir": "--data-dir"}
 
 
 def load_settings(args: argparse.Namespace) -> Settings:

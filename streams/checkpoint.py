@@ -210,15 +210,7 @@ class CheckpointStore:
         return k("join", p), k("agg", p), k("win", p), k("meta", p)
 
     def new_state(self, partition: int) -> PartitionState:
-        s = self.settings
-        t = s.topics
-        return PartitionState(
-            partition=partition, ttl=s.prediction_ttl_seconds, retention=s.outcome_retention_seconds,
-            window_size=s.rolling_window, max_event_bytes=s.max_event_bytes,
-            idle_seconds=s.watermark_idle_seconds,
-            topic_kinds={t.predictions: "predictions", t.labels: "labels",
-                         t.review_flags: "review-flags"},
-        )
+        return PartitionState.for_settings(partition, self.settings)
 
     async def claim(self, partition: int, now: float) -> PartitionState:
         """Take ownership of ``partition`` and load its last checkpoint (``now``: wall time).

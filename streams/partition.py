@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -33,6 +33,9 @@ from feedback_loop.metrics import Accumulator, RollingWindow, Sample, make_sampl
 from streams import join
 from streams.join import Entry, Waiting
 from streams.observations import monitor_key, outcome_observation, prediction_observation, waiting_observation
+
+if TYPE_CHECKING:
+    from feedback_loop.settings import Settings
 
 #: (model, model_version, tag name, tag value); ("", "") for the whole model version.
 AggKey = tuple[str, str, str, str]
@@ -166,6 +169,15 @@ class PartitionState:
     _dirty_aggs: set[AggKey] = field(default_factory=set, repr=False)
     _window_changes: dict[AggKey, set[str]] = field(default_factory=dict, repr=False)
     _written_samples: dict[AggKey, dict[str, Sample]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_settings(cls, partition: int, settings: Settings) -> PartitionState:
+        """An empty state of ``partition`` with the TTLs, window, limits and input topics of ``settings``."""
+        t = settings.topics
+        return cls(partition=partition, ttl=settings.prediction_ttl_seconds,
+                   retention=settings.outcome_retention_seconds, window_size=settings.rolling_window,
+                   max_event_bytes=settings.max_event_bytes, idle_seconds=settings.watermark_idle_seconds,
+                   topic_kinds={t.predictions: "predictions", t.labels: "labels", t.review_flags: "review-flags"})
 
     # ----------------------------------------------------------------- processing
     def apply(self, record: Record, now: float = 0.0) -> list[Emit]:
