@@ -18,7 +18,8 @@ runs per batch, with the default settings:
   time;
 * the monitors (:class:`streams.monitor_state.MonitorPartition`, one partition): apply each
   packed observation message (drift, estimated performance, review routing, the error model's
-  learning), and encode their checkpoint once per ten join batches, as the worker does.
+  learning), finish each join batch's messages (the registry checkpoints due), and encode their
+  checkpoint once per ten join batches, as the worker does.
 
 First a warm-up (``--warmup`` predictions of each model and their labels) completes every drift
 reference and trains the routing error model, as the pipeline benchmark's warm-up does; then
@@ -101,19 +102,18 @@ class Loop:
         now = time.time()
         for start in range(0, len(messages), size):
             began = time.process_time()
-            emitted = []
-            for key, value in messages[start:start + size]:
-                emitted += [(0, e) for e in self.join.apply(Record(topic, 0, self.offsets["join"], key, value), now)]
-                self.offsets["join"] += 1
-            self.join.expire(now)
+            records = [Record(topic, 0, self.offsets["join"] + i, key, value)
+                       for i, (key, value) in enumerate(messages[start:start + size])]
+            self.offsets["join"] += len(records)
+            emitted = [(0, e) for e in self.join.apply_all(records, now)]
             packed = [e for _, e in pack_by_partition(emitted) if e.kind == "monitor-input"]
             pack_each_partition(emitted)  # the partition's outbox, checkpointed with it
             self.join.changes()
             self.join.mark_clean()
             joined = time.process_time()
-            for e in packed:
-                self.monitors.apply(Record(self.monitor_topic, 0, self.offsets["monitor"], e.key, e.value))
-                self.offsets["monitor"] += 1
+            self.monitors.apply_all([Record(self.monitor_topic, 0, self.offsets["monitor"] + i, e.key, e.value)
+                                     for i, e in enumerate(packed)], now)
+            self.offsets["monitor"] += len(packed)
             self.batches += 1
             if self.batches % MONITOR_EVERY == 0:
                 self.monitors.changes(self.signer)
